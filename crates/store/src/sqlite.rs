@@ -1,0 +1,442 @@
+//! The embedded SQLite backend of [`Store`].
+//!
+//! Owns the connection pool and the SQL for every trait method; the schema and
+//! its migrations live in [`schema`]. The database is opened in WAL mode with
+//! `synchronous=FULL`, so a committed transaction survives SIGKILL and power
+//! loss, and in the normal (shared) locking mode so the server and the admin
+//! CLI can use the same file at once. Write transactions start with
+//! `BEGIN IMMEDIATE` so they wait (up to the 5 s busy timeout) for another
+//! writer instead of failing on a stale read snapshot.
+
+mod connect;
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Sqlite, Transaction};
+use time::OffsetDateTime;
+
+use crate::validate::{
+    check_password_hash, normalize_account_address, normalize_address, normalize_domain,
+    normalize_new_message, normalize_plan,
+};
+use crate::{
+    Account, AccountStatus, Credential, NewMessage, QueuedMessage, Result, Store, StoreError,
+};
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections per process. SQLite allows one writer at a time anyway; a few
+/// connections let reads proceed while a write commits.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// [`Store`] backed by one SQLite file.
+///
+/// Cloning is cheap and shares the connection pool. Several `SqliteStore`s,
+/// in one process or several, may use the same file at once; each sees the
+/// others' committed writes.
+///
+/// Input handling, common to all methods: addresses and domains are trimmed
+/// and ASCII-lowercased (see [`crate::validate`]). Methods that create or
+/// change something (`add_*`, `set_*`, `remove_*`, `enqueue`) return `Invalid`
+/// for a malformed address, domain, plan or password hash (a hash must be a
+/// PHC string). Pure lookups (`account`, `credential`, `is_local_domain`)
+/// answer `None` / `false` for malformed input, since nothing malformed can
+/// be stored. `enqueue` checks and normalises the message with
+/// [`crate::validate::normalize_new_message`].
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if missing) the database
+    /// at `path`, switches it to WAL mode and migrates the schema to
+    /// the latest version. Every connection uses `synchronous=FULL`,
+    /// `foreign_keys=ON` and a 5 s busy timeout.
+    ///
+    /// `Unavailable` if the file cannot be created or opened, WAL mode cannot
+    /// be enabled, or the schema is newer than this build understands.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                StoreError::Unavailable(format!("creating directory {}: {e}", parent.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .locking_mode(SqliteLockingMode::Normal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        // Entering WAL mode needs a lock that the busy timeout does not wait
+        // for, so do it once, on its own connection, retrying while another
+        // process holds the file. WAL mode is then a property of the file and
+        // the pooled connections need not set it.
+        let mut conn = connect::connect_wal(&options, path, BUSY_TIMEOUT).await?;
+        let migrated = schema::migrate(&mut conn).await;
+        // A failed close only loses a connection that is being dropped anyway.
+        let _ = conn.close().await;
+        migrated?;
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    /// Optional (dropping the store also closes them) but lets a shutting
+    /// down process checkpoint the WAL cleanly. Later calls on this store or
+    /// its clones fail with `Unavailable`.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| unavailable(what, e))
+    }
+}
+
+/// Maps a database error to `Unavailable`, naming the operation. SQLite error
+/// texts name tables and columns, never bound values, so no hash or other
+/// secret can appear in the message.
+fn unavailable(what: &str, error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {error}"))
+}
+
+/// Like [`unavailable`], but a unique-key violation becomes
+/// `AlreadyExists(name)`.
+fn insert_error(what: &str, name: &str, error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+            StoreError::AlreadyExists(name.to_owned())
+        }
+        _ => unavailable(what, error),
+    }
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn parse_status(status: &str) -> Result<AccountStatus> {
+    match status {
+        "active" => Ok(AccountStatus::Active),
+        "disabled" => Ok(AccountStatus::Disabled),
+        _ => Err(StoreError::Unavailable(
+            "accounts table holds an unknown status value".into(),
+        )),
+    }
+}
+
+type AccountRow = (String, String, String, i64, i64);
+
+fn account_from_row(
+    (address, status, plan, created_at, updated_at): AccountRow,
+) -> Result<Account> {
+    Ok(Account {
+        address,
+        status: parse_status(&status)?,
+        plan,
+        created_at,
+        updated_at,
+    })
+}
+
+const SELECT_ACCOUNT: &str = "SELECT address, status, plan, created_at, updated_at FROM accounts";
+
+type QueueRow = (
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+);
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_account(&self, address: &str, password_hash: &str, plan: &str) -> Result<Account> {
+        let (address, domain) = normalize_account_address(address)?;
+        check_password_hash(password_hash)?;
+        let plan = normalize_plan(plan)?;
+        let now = now();
+        let mut tx = self.begin_write("add_account").await?;
+        sqlx::query(
+            "INSERT INTO domains (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&domain)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unavailable("add_account: adding domain", e))?;
+        sqlx::query(
+            "INSERT INTO accounts (address, password_hash, status, plan, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&address)
+        .bind(password_hash)
+        .bind(AccountStatus::Active.as_str())
+        .bind(&plan)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error("add_account", &address, e))?;
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("add_account: commit", e))?;
+        Ok(Account {
+            address,
+            status: AccountStatus::Active,
+            plan,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    async fn account(&self, address: &str) -> Result<Option<Account>> {
+        let Ok(address) = normalize_address(address) else {
+            return Ok(None);
+        };
+        let row: Option<AccountRow> =
+            sqlx::query_as(&format!("{SELECT_ACCOUNT} WHERE address = ?"))
+                .bind(&address)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| unavailable("account", e))?;
+        row.map(account_from_row).transpose()
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        let rows: Vec<AccountRow> = sqlx::query_as(&format!("{SELECT_ACCOUNT} ORDER BY address"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| unavailable("list_accounts", e))?;
+        rows.into_iter().map(account_from_row).collect()
+    }
+
+    async fn set_password_hash(&self, address: &str, password_hash: &str) -> Result<()> {
+        let address = normalize_address(address)?;
+        check_password_hash(password_hash)?;
+        let done =
+            sqlx::query("UPDATE accounts SET password_hash = ?, updated_at = ? WHERE address = ?")
+                .bind(password_hash)
+                .bind(now())
+                .bind(&address)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| unavailable("set_password_hash", e))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(address));
+        }
+        Ok(())
+    }
+
+    async fn set_account_status(&self, address: &str, status: AccountStatus) -> Result<()> {
+        let address = normalize_address(address)?;
+        let done = sqlx::query("UPDATE accounts SET status = ?, updated_at = ? WHERE address = ?")
+            .bind(status.as_str())
+            .bind(now())
+            .bind(&address)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unavailable("set_account_status", e))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(address));
+        }
+        Ok(())
+    }
+
+    async fn remove_account(&self, address: &str) -> Result<()> {
+        let address = normalize_address(address)?;
+        let done = sqlx::query("DELETE FROM accounts WHERE address = ?")
+            .bind(&address)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unavailable("remove_account", e))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(address));
+        }
+        Ok(())
+    }
+
+    async fn credential(&self, address: &str) -> Result<Option<Credential>> {
+        let Ok(address) = normalize_address(address) else {
+            return Ok(None);
+        };
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("SELECT address, status, password_hash FROM accounts WHERE address = ?")
+                .bind(&address)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| unavailable("credential", e))?;
+        row.map(|(address, status, password_hash)| {
+            Ok(Credential {
+                address,
+                status: parse_status(&status)?,
+                password_hash,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_domain(&self, domain: &str) -> Result<()> {
+        let domain = normalize_domain(domain)?;
+        sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?)")
+            .bind(&domain)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| insert_error("add_domain", &domain, e))?;
+        Ok(())
+    }
+
+    async fn list_domains(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM domains ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| unavailable("list_domains", e))
+    }
+
+    async fn remove_domain(&self, domain: &str) -> Result<()> {
+        let domain = normalize_domain(domain)?;
+        let mut tx = self.begin_write("remove_domain").await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?)")
+                .bind(&domain)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| unavailable("remove_domain", e))?;
+        if !exists {
+            return Err(StoreError::NotFound(domain));
+        }
+        let accounts: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts WHERE substr(address, instr(address, '@') + 1) = ?",
+        )
+        .bind(&domain)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| unavailable("remove_domain: counting accounts", e))?;
+        if accounts > 0 {
+            let noun = if accounts == 1 { "account" } else { "accounts" };
+            return Err(StoreError::Invalid(format!(
+                "domain {domain} still has {accounts} {noun}"
+            )));
+        }
+        sqlx::query("DELETE FROM domains WHERE name = ?")
+            .bind(&domain)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable("remove_domain", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("remove_domain: commit", e))
+    }
+
+    async fn is_local_domain(&self, domain: &str) -> Result<bool> {
+        let Ok(domain) = normalize_domain(domain) else {
+            return Ok(false);
+        };
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?)")
+            .bind(&domain)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| unavailable("is_local_domain", e))
+    }
+
+    async fn enqueue(&self, message: &NewMessage) -> Result<()> {
+        let message = normalize_new_message(message)?;
+        let size = i64::try_from(message.size).map_err(|_| {
+            StoreError::Invalid(format!("message {}: size is too large", message.id))
+        })?;
+        let mut tx = self.begin_write("enqueue").await?;
+        sqlx::query(
+            "INSERT INTO queue_messages \
+             (id, sender, size, spool_path, auth_user, client_ip, received_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&message.id)
+        .bind(&message.sender)
+        .bind(size)
+        .bind(&message.spool_path)
+        .bind(&message.auth_user)
+        .bind(&message.client_ip)
+        .bind(message.received_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| insert_error("enqueue", &message.id, e))?;
+        for (position, address) in (0_i64..).zip(&message.recipients) {
+            sqlx::query(
+                "INSERT INTO queue_recipients (message_id, position, address) VALUES (?, ?, ?)",
+            )
+            .bind(&message.id)
+            .bind(position)
+            .bind(address)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable("enqueue: recipient", e))?;
+        }
+        // With synchronous=FULL the WAL is fsynced before COMMIT returns.
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("enqueue: commit", e))
+    }
+
+    async fn list_queue(&self) -> Result<Vec<QueuedMessage>> {
+        // One statement, so one consistent snapshot of both tables.
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT m.id, m.sender, m.size, m.spool_path, m.auth_user, m.client_ip, \
+                    m.received_at, r.address \
+             FROM queue_messages AS m \
+             LEFT JOIN queue_recipients AS r ON r.message_id = m.id \
+             ORDER BY m.received_at, m.rowid, r.position",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| unavailable("list_queue", e))?;
+
+        let mut queue: Vec<QueuedMessage> = Vec::new();
+        for (id, sender, size, spool_path, auth_user, client_ip, received_at, recipient) in rows {
+            let same = queue.last().is_some_and(|last| last.id == id);
+            if !same {
+                let size = u64::try_from(size).map_err(|_| {
+                    StoreError::Unavailable("queue_messages holds a negative size".into())
+                })?;
+                queue.push(QueuedMessage {
+                    id,
+                    sender,
+                    recipients: Vec::new(),
+                    size,
+                    spool_path,
+                    auth_user,
+                    client_ip,
+                    received_at,
+                });
+            }
+            if let (Some(last), Some(recipient)) = (queue.last_mut(), recipient) {
+                last.recipients.push(recipient);
+            }
+        }
+        Ok(queue)
+    }
+}

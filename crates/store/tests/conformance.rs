@@ -1,0 +1,228 @@
+//! Conformance tests of the SQLite backend.
+//!
+//! Owns the `#[tokio::test]` entry points: each runs a function of the
+//! backend-independent suite (`conformance/suite.rs`) against a real SQLite
+//! file in a temporary directory, and some check SQLite specifics (file and
+//! directory creation, WAL, schema version, two handles on one file,
+//! reopening after drop).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "conformance/suite.rs"]
+mod suite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use portcullis_store::{SqliteStore, Store, StoreError};
+use suite::*;
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------
+// SQLite
+// ---------------------------------------------------------------------------
+
+async fn open(path: &Path) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(path).await.expect("open sqlite store"))
+}
+
+async fn fresh() -> (TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("store.db")).await;
+    (dir, store)
+}
+
+#[tokio::test]
+async fn sqlite_accounts() {
+    let (_dir, store) = fresh().await;
+    suite_accounts(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_account_errors() {
+    let (_dir, store) = fresh().await;
+    suite_account_errors(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_account_changes() {
+    let (_dir, store) = fresh().await;
+    suite_account_changes(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_domains() {
+    let (_dir, store) = fresh().await;
+    suite_domains(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_domain_accounts() {
+    let (_dir, store) = fresh().await;
+    suite_domain_accounts(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue() {
+    let (_dir, store) = fresh().await;
+    suite_queue(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_two_handles_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let server = open(&path).await;
+    let cli = open(&path).await;
+    suite_shared(server, cli).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    suite_concurrent_writes(a, b).await;
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    a.add_domain("example.com").await.unwrap();
+    assert!(b.is_local_domain("example.com").await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_reopen_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let h = hash("pw");
+    {
+        let store = open(&path).await;
+        store
+            .add_account("heidi@example.com", &h, "pro")
+            .await
+            .unwrap();
+        store.add_domain("example.org").await.unwrap();
+        store
+            .enqueue(&message("R1", "", &["heidi@example.com"], 42))
+            .await
+            .unwrap();
+        // Dropped without close, as a killed process would.
+    }
+    let store = open(&path).await;
+    let cred = store
+        .credential("HEIDI@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cred.password_hash, h);
+    assert_eq!(
+        store
+            .account("heidi@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .plan,
+        "pro"
+    );
+    assert_eq!(
+        store.list_domains().await.unwrap(),
+        ["example.com", "example.org"]
+    );
+    let queue = store.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].recipients, ["heidi@example.com"]);
+    assert_eq!(queue[0].sender, "");
+
+    // A clean close and a third open also work.
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    sqlite.close().await;
+    assert!(matches!(
+        sqlite.list_domains().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let store = open(&path).await;
+    assert_eq!(store.list_accounts().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_open_creates_parents_and_sets_pragmas() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{Connection, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a").join("b").join("store.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(path.is_file());
+    store.add_domain("example.com").await.unwrap();
+
+    let options = SqliteConnectOptions::new().filename(&path);
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+    let mut tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    tables.retain(|t| !t.starts_with("sqlite_"));
+    assert_eq!(
+        tables,
+        ["accounts", "domains", "queue_messages", "queue_recipients"]
+    );
+    // Deleting a message removes its recipients (ON DELETE CASCADE on the
+    // store's connections, which enable foreign keys).
+    drop(conn);
+    store
+        .enqueue(&message("D1", "", &["a@example.com", "b@example.com"], 1))
+        .await
+        .unwrap();
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM queue_messages WHERE id = 'D1'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_recipients")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn sqlite_refuses_newer_schema() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{Connection, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    let options = SqliteConnectOptions::new().filename(&path);
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::query("PRAGMA user_version = 999")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    match SqliteStore::open(&path).await {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("999"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
