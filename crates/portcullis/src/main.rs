@@ -1,1 +1,72 @@
-fn main() {}
+//! `portcullis`: the one binary. Parses the command line, loads the
+//! configuration, starts logging and hands over to one module per subcommand.
+
+mod account;
+mod common;
+mod config;
+mod domain;
+mod logging;
+mod queue;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use common::GlobalArgs;
+
+/// Authenticated SMTP submission and relay server.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the SMTP server until SIGINT or SIGTERM (SIGHUP reloads the TLS certificate).
+    Serve(serve::ServeArgs),
+    /// Manage accounts (logins that may submit mail).
+    Account(account::AccountArgs),
+    /// Manage local domains (mail for them is accepted on the smtp listener).
+    Domain(domain::DomainArgs),
+    /// Inspect the outgoing queue.
+    Queue(queue::QueueArgs),
+    /// Validate or print the configuration.
+    Config(config::ConfigArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Usage errors exit here with clap's own message and code 2.
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let text = format!("{error:#}");
+            // One line, whatever the error text contains.
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("error: {}", line.join(" "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.global.load_config()?;
+    logging::init(&config.log)?;
+    match cli.command {
+        Command::Serve(args) => serve::run(args, config).await,
+        Command::Account(args) => account::run(args, &config).await,
+        Command::Domain(args) => domain::run(args, &config).await,
+        Command::Queue(args) => queue::run(args, &config).await,
+        Command::Config(args) => config::run(args, &cli.global, &config),
+    }
+}

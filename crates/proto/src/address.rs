@@ -245,7 +245,9 @@ fn local_part_end(s: &str) -> Result<usize, AddressError> {
 
 /// RFC 5322 atext, extended with non-ASCII UTF-8 (RFC 6531 3.3).
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control())
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (!c.is_ascii() && !c.is_control())
 }
 
 /// RFC 5321 Domain: dot-separated sub-domains of letters, digits and hyphens
@@ -259,9 +261,9 @@ pub fn parse_domain(s: &str) -> Result<String, AddressError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric()));
+            && label.chars().all(|c| {
+                c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric())
+            });
         if !ok {
             return Err(AddressError::BadDomain);
         }
@@ -275,7 +277,10 @@ fn parse_literal(s: &str) -> Result<IpAddr, AddressError> {
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .ok_or(AddressError::BadLiteral)?;
-    if let Some(v6) = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
         return v6
             .parse::<std::net::Ipv6Addr>()
             .map(IpAddr::V6)
@@ -322,7 +327,10 @@ mod tests {
 
     #[test]
     fn source_route_is_ignored() {
-        assert_eq!(fwd("<@relay.example,@b.example:bob@local.test>"), Ok(mb("bob", "local.test")));
+        assert_eq!(
+            fwd("<@relay.example,@b.example:bob@local.test>"),
+            Ok(mb("bob", "local.test"))
+        );
         assert_eq!(fwd("<@:bob@local.test>"), Err(AddressError::BadRoute));
     }
 
@@ -362,7 +370,10 @@ mod tests {
     #[test]
     fn address_literals() {
         match fwd("<bob@[192.0.2.1]>") {
-            Ok(ForwardPath::Mailbox(m)) => assert_eq!(m.domain, Domain::Literal("192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])))),
+            Ok(ForwardPath::Mailbox(m)) => assert_eq!(
+                m.domain,
+                Domain::Literal("192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])))
+            ),
             other => panic!("unexpected {other:?}"),
         }
         assert!(fwd("<bob@[IPv6:2001:db8::1]>").is_ok());
@@ -371,7 +382,8 @@ mod tests {
 
     #[test]
     fn quoted_local_part_with_bracket() {
-        let (p, rest) = parse_forward_path("<\"a>b\"@example.com> NOTIFY=NEVER").unwrap_or((ForwardPath::Postmaster, ""));
+        let (p, rest) = parse_forward_path("<\"a>b\"@example.com> NOTIFY=NEVER")
+            .unwrap_or((ForwardPath::Postmaster, ""));
         assert_eq!(p, mb("\"a>b\"", "example.com"));
         assert_eq!(rest, " NOTIFY=NEVER");
     }

@@ -1,7 +1,9 @@
 //! Command-line parser (RFC 5321 4.1.1): bytes of one line (CRLF removed) in,
 //! a typed [`Command`] or the exact error reply out. No state, no I/O.
 
-use crate::address::{AddressError, ForwardPath, ReversePath, parse_forward_path, parse_reverse_path};
+use crate::address::{
+    AddressError, ForwardPath, ReversePath, parse_forward_path, parse_reverse_path,
+};
 use crate::reply::Reply;
 
 /// BODY= values we advertise (RFC 6152). BINARYMIME is not offered.
@@ -31,11 +33,22 @@ pub enum Command {
     Helo(String),
     StartTls,
     /// Mechanism (uppercased) and optional initial response (still base64).
-    Auth { mechanism: String, initial: Option<String> },
-    Mail { from: ReversePath, params: MailParams },
-    Rcpt { to: ForwardPath },
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        to: ForwardPath,
+    },
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Vrfy,
@@ -77,7 +90,9 @@ impl ParseError {
     }
 }
 
-const HTTP_VERBS: &[&str] = &["GET", "POST", "HEAD", "PUT", "DELETE", "CONNECT", "OPTIONS", "PATCH", "TRACE"];
+const HTTP_VERBS: &[&str] = &[
+    "GET", "POST", "HEAD", "PUT", "DELETE", "CONNECT", "OPTIONS", "PATCH", "TRACE",
+];
 
 /// Parses one command line (without its CRLF).
 pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
@@ -94,7 +109,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         if rest.trim().is_empty() {
             Ok(c)
         } else {
-            Err(ParseError::Syntax("Syntax error: this command takes no arguments"))
+            Err(ParseError::Syntax(
+                "Syntax error: this command takes no arguments",
+            ))
         }
     };
     match upper.as_str() {
@@ -130,11 +147,15 @@ fn parse_auth(rest: &str) -> Result<Command, ParseError> {
     let mut parts = rest.split(' ').filter(|p| !p.is_empty());
     let mechanism = parts
         .next()
-        .ok_or(ParseError::Syntax("Syntax: AUTH <mechanism> [initial-response]"))?
+        .ok_or(ParseError::Syntax(
+            "Syntax: AUTH <mechanism> [initial-response]",
+        ))?
         .to_ascii_uppercase();
     let initial = parts.next().map(str::to_owned);
     if parts.next().is_some() {
-        return Err(ParseError::Syntax("Syntax: AUTH <mechanism> [initial-response]"));
+        return Err(ParseError::Syntax(
+            "Syntax: AUTH <mechanism> [initial-response]",
+        ));
     }
     Ok(Command::Auth { mechanism, initial })
 }
@@ -152,7 +173,8 @@ fn strip_keyword<'a>(rest: &'a str, keyword: &str) -> Option<&'a str> {
 }
 
 fn parse_mail(rest: &str) -> Result<Command, ParseError> {
-    let arg = strip_keyword(rest, "FROM").ok_or(ParseError::Syntax("Syntax: MAIL FROM:<address>"))?;
+    let arg =
+        strip_keyword(rest, "FROM").ok_or(ParseError::Syntax("Syntax: MAIL FROM:<address>"))?;
     let (from, params_text) = parse_reverse_path(arg).map_err(ParseError::BadSender)?;
     let mut params = MailParams::default();
     let mut seen: Vec<String> = Vec::new();
@@ -166,15 +188,29 @@ fn parse_mail(rest: &str) -> Result<Command, ParseError> {
         }
         seen.push(key.clone());
         match (key.as_str(), value) {
-            ("SIZE", Some(v)) if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) => {
+            ("SIZE", Some(v))
+                if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 params.size = Some(v.parse().unwrap_or(u64::MAX));
             }
-            ("SIZE", _) => return Err(ParseError::BadParameter("SIZE must be a number of octets".into())),
+            ("SIZE", _) => {
+                return Err(ParseError::BadParameter(
+                    "SIZE must be a number of octets".into(),
+                ));
+            }
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => params.body = Body::SevenBit,
-            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => params.body = Body::EightBitMime,
-            ("BODY", _) => return Err(ParseError::BadParameter("BODY must be 7BIT or 8BITMIME".into())),
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
+                params.body = Body::EightBitMime
+            }
+            ("BODY", _) => {
+                return Err(ParseError::BadParameter(
+                    "BODY must be 7BIT or 8BITMIME".into(),
+                ));
+            }
             ("SMTPUTF8", None) => params.smtputf8 = true,
-            ("SMTPUTF8", Some(_)) => return Err(ParseError::BadParameter("SMTPUTF8 takes no value".into())),
+            ("SMTPUTF8", Some(_)) => {
+                return Err(ParseError::BadParameter("SMTPUTF8 takes no value".into()));
+            }
             ("AUTH", Some(v)) if !v.is_empty() => params.auth = Some(v.to_owned()),
             ("AUTH", _) => return Err(ParseError::BadParameter("AUTH needs a value".into())),
             _ => return Err(ParseError::UnknownParameter(key)),
@@ -229,7 +265,10 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        assert_eq!(parse_command(b"ehlo client.example"), Ok(Command::Ehlo("client.example".into())));
+        assert_eq!(
+            parse_command(b"ehlo client.example"),
+            Ok(Command::Ehlo("client.example".into()))
+        );
         assert_eq!(parse_command(b"QuIt"), Ok(Command::Quit));
     }
 
@@ -239,46 +278,90 @@ mod tests {
         assert_eq!(
             c,
             Ok(Command::Mail {
-                from: ReversePath::Mailbox(Mailbox { local: "a".into(), domain: Domain::Name("b.example".into()) }),
-                params: MailParams { size: Some(1000), body: Body::EightBitMime, smtputf8: true, auth: Some("<>".into()) },
+                from: ReversePath::Mailbox(Mailbox {
+                    local: "a".into(),
+                    domain: Domain::Name("b.example".into())
+                }),
+                params: MailParams {
+                    size: Some(1000),
+                    body: Body::EightBitMime,
+                    smtputf8: true,
+                    auth: Some("<>".into())
+                },
             })
         );
     }
 
     #[test]
     fn space_after_colon_tolerated() {
-        assert!(matches!(parse_command(b"MAIL FROM: <a@b.example>"), Ok(Command::Mail { .. })));
+        assert!(matches!(
+            parse_command(b"MAIL FROM: <a@b.example>"),
+            Ok(Command::Mail { .. })
+        ));
     }
 
     #[test]
     fn unknown_params_are_555() {
-        assert_eq!(parse_command(b"MAIL FROM:<a@b.c> FOO=1"), Err(ParseError::UnknownParameter("FOO".into())));
-        assert_eq!(parse_command(b"RCPT TO:<a@b.c> NOTIFY=NEVER"), Err(ParseError::UnknownParameter("NOTIFY".into())));
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.c> FOO=1"),
+            Err(ParseError::UnknownParameter("FOO".into()))
+        );
+        assert_eq!(
+            parse_command(b"RCPT TO:<a@b.c> NOTIFY=NEVER"),
+            Err(ParseError::UnknownParameter("NOTIFY".into()))
+        );
         assert_eq!(ParseError::UnknownParameter("X".into()).reply().code, 555);
     }
 
     #[test]
     fn bad_size_and_duplicates() {
-        assert!(matches!(parse_command(b"MAIL FROM:<a@b.c> SIZE=x"), Err(ParseError::BadParameter(_))));
-        assert!(matches!(parse_command(b"MAIL FROM:<a@b.c> SIZE=1 SIZE=2"), Err(ParseError::BadParameter(_))));
+        assert!(matches!(
+            parse_command(b"MAIL FROM:<a@b.c> SIZE=x"),
+            Err(ParseError::BadParameter(_))
+        ));
+        assert!(matches!(
+            parse_command(b"MAIL FROM:<a@b.c> SIZE=1 SIZE=2"),
+            Err(ParseError::BadParameter(_))
+        ));
         assert_eq!(
             parse_command(b"MAIL FROM:<a@b.c> SIZE=99999999999999999999"),
             Ok(Command::Mail {
-                from: ReversePath::Mailbox(Mailbox { local: "a".into(), domain: Domain::Name("b.c".into()) }),
-                params: MailParams { size: Some(u64::MAX), ..MailParams::default() },
+                from: ReversePath::Mailbox(Mailbox {
+                    local: "a".into(),
+                    domain: Domain::Name("b.c".into())
+                }),
+                params: MailParams {
+                    size: Some(u64::MAX),
+                    ..MailParams::default()
+                },
             })
         );
     }
 
     #[test]
     fn bare_lf_in_command() {
-        assert_eq!(parse_command(b"NOOP\nQUIT"), Err(ParseError::BareLineEnding));
+        assert_eq!(
+            parse_command(b"NOOP\nQUIT"),
+            Err(ParseError::BareLineEnding)
+        );
     }
 
     #[test]
     fn bdat() {
-        assert_eq!(parse_command(b"BDAT 10 LAST"), Ok(Command::Bdat { size: 10, last: true }));
-        assert_eq!(parse_command(b"BDAT 0"), Ok(Command::Bdat { size: 0, last: false }));
+        assert_eq!(
+            parse_command(b"BDAT 10 LAST"),
+            Ok(Command::Bdat {
+                size: 10,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse_command(b"BDAT 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
         assert_eq!(parse_command(b"BDAT x"), Err(ParseError::BadBdat));
         assert_eq!(parse_command(b"BDAT 1 FIRST"), Err(ParseError::BadBdat));
     }
@@ -286,14 +369,20 @@ mod tests {
     #[test]
     fn http() {
         assert_eq!(parse_command(b"GET / HTTP/1.1"), Ok(Command::Http));
-        assert_eq!(parse_command(b"CONNECT example.com:25 HTTP/1.1"), Ok(Command::Http));
+        assert_eq!(
+            parse_command(b"CONNECT example.com:25 HTTP/1.1"),
+            Ok(Command::Http)
+        );
     }
 
     #[test]
     fn auth() {
         assert_eq!(
             parse_command(b"AUTH plain AGEAYg=="),
-            Ok(Command::Auth { mechanism: "PLAIN".into(), initial: Some("AGEAYg==".into()) })
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGEAYg==".into())
+            })
         );
     }
 }

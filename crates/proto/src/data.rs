@@ -278,7 +278,12 @@ mod tests {
         let mut d = BodyDecoder::data(10, 1000);
         let mut out = Vec::new();
         let input = b"0123456789abcdef\r\nMAIL FROM:<x@y>\r\n.\r\n";
-        assert_eq!(d.feed(input, &mut out), Feed::End { consumed: input.len() });
+        assert_eq!(
+            d.feed(input, &mut out),
+            Feed::End {
+                consumed: input.len()
+            }
+        );
         assert_eq!(d.error(), Some(BodyError::TooBig));
     }
 

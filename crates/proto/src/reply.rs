@@ -131,7 +131,11 @@ impl Reply {
         r(250, (2, 0, 0), "Ok: transaction reset")
     }
     pub fn vrfy() -> Reply {
-        r(252, (2, 0, 0), "Cannot VRFY user, but will accept message and attempt delivery")
+        r(
+            252,
+            (2, 0, 0),
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
     }
     pub fn help() -> Reply {
         r(
@@ -147,25 +151,45 @@ impl Reply {
         r(421, (4, 3, 2), "Service shutting down, try again later")
     }
     pub fn idle_timeout() -> Reply {
-        r(421, (4, 4, 2), "Timeout: no command received, closing connection")
+        r(
+            421,
+            (4, 4, 2),
+            "Timeout: no command received, closing connection",
+        )
     }
     pub fn session_timeout() -> Reply {
-        r(421, (4, 4, 2), "Session time limit exceeded, closing connection")
+        r(
+            421,
+            (4, 4, 2),
+            "Session time limit exceeded, closing connection",
+        )
     }
     pub fn too_many_connections() -> Reply {
         r(421, (4, 7, 0), "Too many connections, try again later")
     }
     pub fn too_many_connections_from_ip() -> Reply {
-        r(421, (4, 7, 0), "Too many connections from your address, try again later")
+        r(
+            421,
+            (4, 7, 0),
+            "Too many connections from your address, try again later",
+        )
     }
     pub fn too_many_errors() -> Reply {
         r(421, (4, 7, 0), "Too many errors, closing connection")
     }
     pub fn too_many_auth_failures() -> Reply {
-        r(421, (4, 7, 0), "Too many authentication failures, closing connection")
+        r(
+            421,
+            (4, 7, 0),
+            "Too many authentication failures, closing connection",
+        )
     }
     pub fn http_rejected() -> Reply {
-        r(554, (5, 7, 0), "This is an SMTP server, not HTTP; closing connection")
+        r(
+            554,
+            (5, 7, 0),
+            "This is an SMTP server, not HTTP; closing connection",
+        )
     }
 
     // ----- syntax and sequence -----
@@ -174,7 +198,11 @@ impl Reply {
         r(500, (5, 5, 2), "Syntax error, command unrecognized")
     }
     pub fn bare_line_ending_in_command() -> Reply {
-        r(500, (5, 5, 2), "Syntax error: bare CR or LF in command; lines must end with CRLF")
+        r(
+            500,
+            (5, 5, 2),
+            "Syntax error: bare CR or LF in command; lines must end with CRLF",
+        )
     }
     pub fn not_utf8() -> Reply {
         r(500, (5, 5, 2), "Syntax error: command is not valid UTF-8")
@@ -186,10 +214,18 @@ impl Reply {
         r(501, (5, 5, 4), text)
     }
     pub fn bad_sender_syntax(detail: &str) -> Reply {
-        owned(501, (5, 1, 7), format!("Bad sender address syntax: {detail}"))
+        owned(
+            501,
+            (5, 1, 7),
+            format!("Bad sender address syntax: {detail}"),
+        )
     }
     pub fn bad_recipient_syntax(detail: &str) -> Reply {
-        owned(501, (5, 1, 3), format!("Bad recipient address syntax: {detail}"))
+        owned(
+            501,
+            (5, 1, 3),
+            format!("Bad recipient address syntax: {detail}"),
+        )
     }
     pub fn not_implemented() -> Reply {
         r(502, (5, 5, 1), "Command not implemented")
@@ -310,7 +346,11 @@ impl Reply {
         owned(250, (2, 0, 0), format!("Ok: queued as {id}"))
     }
     pub fn message_too_big() -> Reply {
-        r(552, (5, 3, 4), "Message size exceeds fixed maximum message size")
+        r(
+            552,
+            (5, 3, 4),
+            "Message size exceeds fixed maximum message size",
+        )
     }
     pub fn bare_line_ending_in_data() -> Reply {
         r(
@@ -330,7 +370,11 @@ impl Reply {
         r(451, (4, 3, 0), "Internal error; try again later")
     }
     pub fn insufficient_storage() -> Reply {
-        r(452, (4, 3, 1), "Insufficient system storage; try again later")
+        r(
+            452,
+            (4, 3, 1),
+            "Insufficient system storage; try again later",
+        )
     }
 }
 
@@ -347,18 +391,27 @@ mod tests {
 
     #[test]
     fn single_line_has_enhanced_code() {
-        assert_eq!(Reply::auth_failed().to_bytes(), b"535 5.7.8 Authentication credentials invalid\r\n");
+        assert_eq!(
+            Reply::auth_failed().to_bytes(),
+            b"535 5.7.8 Authentication credentials invalid\r\n"
+        );
     }
 
     #[test]
     fn multi_line_uses_dash_continuation() {
         let r = Reply::ehlo("mx", "client", &["PIPELINING".into(), "SIZE 10".into()]);
-        assert_eq!(r.to_bytes(), b"250-mx greets client\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        assert_eq!(
+            r.to_bytes(),
+            b"250-mx greets client\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
     }
 
     #[test]
     fn intermediate_replies_have_no_enhanced_code() {
-        assert_eq!(Reply::start_data().to_bytes(), b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        assert_eq!(
+            Reply::start_data().to_bytes(),
+            b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        );
         assert_eq!(Reply::auth_challenge("").to_bytes(), b"334 \r\n");
     }
 }

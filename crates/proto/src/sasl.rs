@@ -95,7 +95,8 @@ fn utf8(bytes: &[u8]) -> Result<String, SaslError> {
 /// no NUL inside fields.
 pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
     let mut parts = message.split(|b| *b == 0);
-    let (Some(authzid), Some(authcid), Some(passwd), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(authzid), Some(authcid), Some(passwd), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(SaslError::Malformed);
     };
@@ -157,6 +158,9 @@ mod tests {
         assert_eq!(decode_response("*"), Err(SaslError::Cancelled));
         assert_eq!(decode_response("=").map(|v| v.len()), Ok(0));
         assert_eq!(decode_response("!!notbase64"), Err(SaslError::BadBase64));
-        assert_eq!(decode_response("YWJj").map(|v| v.to_vec()), Ok(b"abc".to_vec()));
+        assert_eq!(
+            decode_response("YWJj").map(|v| v.to_vec()),
+            Ok(b"abc".to_vec())
+        );
     }
 }

@@ -1,1 +1,15 @@
-//! placeholder
+//! Portcullis server library: everything around the sans-IO protocol core.
+//!
+//! Owns configuration, listeners, TLS, the connection driver (the only module
+//! that does socket I/O), the auth service and the spool. The binary is a thin
+//! shell over [`Server`].
+
+pub mod auth;
+pub mod config;
+mod conn;
+mod server;
+pub mod spool;
+pub mod tls;
+
+pub use conn::Io;
+pub use server::{Server, ServerError, TlsReloader};

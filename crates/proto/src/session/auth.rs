@@ -23,21 +23,26 @@ impl Session {
             return self.reply(Reply::bad_sequence("Already authenticated"));
         }
         if self.tx.is_some() {
-            return self.reply(Reply::bad_sequence("AUTH not allowed during a mail transaction"));
+            return self.reply(Reply::bad_sequence(
+                "AUTH not allowed during a mail transaction",
+            ));
         }
         let Some(mech) = Mechanism::parse(mechanism) else {
             return self.reply(Reply::unknown_mechanism());
         };
         match (mech, initial) {
             (Mechanism::Plain, None) => self.challenge("", SaslStep::PlainResponse),
-            (Mechanism::Login, None) => self.challenge(LOGIN_USERNAME_PROMPT, SaslStep::LoginUsername),
+            (Mechanism::Login, None) => {
+                self.challenge(LOGIN_USERNAME_PROMPT, SaslStep::LoginUsername)
+            }
             (Mechanism::Plain, Some(ir)) => self.continue_sasl(SaslStep::PlainResponse, &ir),
             (Mechanism::Login, Some(ir)) => self.continue_sasl(SaslStep::LoginUsername, &ir),
         }
     }
 
     fn challenge(&mut self, prompt: &str, step: SaslStep) {
-        self.pending.push_back(Action::Send(Reply::auth_challenge(prompt)));
+        self.pending
+            .push_back(Action::Send(Reply::auth_challenge(prompt)));
         self.state = State::Sasl(step);
     }
 
@@ -67,7 +72,9 @@ impl Session {
                 Err(e) => self.sasl_error(e),
             },
             SaslStep::LoginUsername => match sasl::decode_login_field(&decoded) {
-                Ok(username) => self.challenge(LOGIN_PASSWORD_PROMPT, SaslStep::LoginPassword { username }),
+                Ok(username) => {
+                    self.challenge(LOGIN_PASSWORD_PROMPT, SaslStep::LoginPassword { username })
+                }
                 Err(e) => self.sasl_error(e),
             },
             SaslStep::LoginPassword { username } => match sasl::decode_login_field(&decoded) {
@@ -115,7 +122,9 @@ impl Session {
                 } else {
                     Reply::app_password_required()
                 });
-                if self.auth_failures >= self.cfg.max_auth_failures && !matches!(self.state, State::Closed) {
+                if self.auth_failures >= self.cfg.max_auth_failures
+                    && !matches!(self.state, State::Closed)
+                {
                     self.close_with(Reply::too_many_auth_failures());
                 }
             }

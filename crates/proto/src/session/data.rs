@@ -60,7 +60,10 @@ impl Session {
         }
         self.begin_message();
         self.pending.push_back(Action::Send(Reply::start_data()));
-        self.state = State::Data(BodyDecoder::data(self.cfg.max_message_size, self.cfg.max_text_line));
+        self.state = State::Data(BodyDecoder::data(
+            self.cfg.max_message_size,
+            self.cfg.max_text_line,
+        ));
     }
 
     pub(super) fn step_data(&mut self) -> Option<Action> {
@@ -115,7 +118,9 @@ impl Session {
                     self.begin_message();
                 }
                 if let Some(tx) = &mut self.tx {
-                    let decoder = tx.bdat.get_or_insert_with(|| BodyDecoder::chunks(max, max_line));
+                    let decoder = tx
+                        .bdat
+                        .get_or_insert_with(|| BodyDecoder::chunks(max, max_line));
                     if decoder.size().saturating_add(size) > max {
                         decoder.set_error(BodyError::TooBig);
                     }
@@ -123,7 +128,11 @@ impl Session {
                 BdatSink::Message
             }
         };
-        self.state = State::Bdat { remaining: size, last, sink };
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+            sink,
+        };
     }
 
     pub(super) fn step_bdat(&mut self) -> Option<Action> {
@@ -135,22 +144,32 @@ impl Session {
             if avail.is_empty() {
                 return Some(self.need_input());
             }
-            let take = avail.len().min(DATA_BATCH).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+            let take = avail
+                .len()
+                .min(DATA_BATCH)
+                .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
             *remaining -= take as u64;
             let chunk = avail[..take].to_vec();
             self.input.consume(take);
-            if let (State::Bdat { sink: BdatSink::Message, .. }, Some(tx)) = (&self.state, &mut self.tx) {
-                if let Some(decoder) = &mut tx.bdat {
-                    let mut out = Vec::with_capacity(take);
-                    decoder.feed(&chunk, &mut out);
-                    if !out.is_empty() && decoder.error().is_none() {
-                        self.pending.push_back(Action::MessageData(out));
-                    }
+            if let (
+                State::Bdat {
+                    sink: BdatSink::Message,
+                    ..
+                },
+                Some(tx),
+            ) = (&self.state, &mut self.tx)
+                && let Some(decoder) = &mut tx.bdat
+            {
+                let mut out = Vec::with_capacity(take);
+                decoder.feed(&chunk, &mut out);
+                if !out.is_empty() && decoder.error().is_none() {
+                    self.pending.push_back(Action::MessageData(out));
                 }
             }
             return None;
         }
-        let State::Bdat { last, sink, .. } = std::mem::replace(&mut self.state, State::Command) else {
+        let State::Bdat { last, sink, .. } = std::mem::replace(&mut self.state, State::Command)
+        else {
             return None;
         };
         self.finish_chunk(last, sink);
@@ -174,7 +193,8 @@ impl Session {
         }
         if decoder.ends_mid_line() {
             // Content must end with CRLF for later relay with DATA.
-            self.pending.push_back(Action::MessageData(b"\r\n".to_vec()));
+            self.pending
+                .push_back(Action::MessageData(b"\r\n".to_vec()));
         }
         self.finish_message(None);
     }

@@ -50,7 +50,8 @@ impl Session {
         // CVE-2011-0411: anything pipelined after STARTTLS is plaintext that
         // must never be read as commands of the TLS session.
         self.input.clear();
-        self.pending.push_back(Action::Send(Reply::starttls_ready()));
+        self.pending
+            .push_back(Action::Send(Reply::starttls_ready()));
         self.pending.push_back(Action::StartTls);
         self.state = State::Await(Awaiting::Tls);
     }

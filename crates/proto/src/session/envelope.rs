@@ -28,10 +28,11 @@ impl Session {
             // RFC 1870 6.
             return self.reply(Reply::size_exceeded_at_mail(self.cfg.max_message_size));
         }
-        if let ReversePath::Mailbox(m) = &from {
-            if m.is_utf8() && !params.smtputf8 {
-                return self.reply(Reply::non_ascii_without_smtputf8());
-            }
+        if let ReversePath::Mailbox(m) = &from
+            && m.is_utf8()
+            && !params.smtputf8
+        {
+            return self.reply(Reply::non_ascii_without_smtputf8());
         }
         self.tx = Some(Transaction {
             from,
@@ -69,10 +70,13 @@ impl Session {
         }
         match mailbox.domain {
             // An address literal is never one of our domains.
-            Domain::Literal(_) if authenticated => self.accept_recipient(ForwardPath::Mailbox(mailbox)),
+            Domain::Literal(_) if authenticated => {
+                self.accept_recipient(ForwardPath::Mailbox(mailbox))
+            }
             Domain::Literal(_) => self.reply(Reply::relay_denied()),
             Domain::Name(_) => {
-                self.pending.push_back(Action::CheckRecipient(mailbox.clone()));
+                self.pending
+                    .push_back(Action::CheckRecipient(mailbox.clone()));
                 self.state = State::Await(Awaiting::Recipient(mailbox));
             }
         }
@@ -95,7 +99,9 @@ impl Session {
                 self.accept_recipient(ForwardPath::Mailbox(mailbox))
             }
             RecipientStatus::LocalUnknown => self.reply(Reply::unknown_user()),
-            RecipientStatus::NotLocal if authenticated => self.accept_recipient(ForwardPath::Mailbox(mailbox)),
+            RecipientStatus::NotLocal if authenticated => {
+                self.accept_recipient(ForwardPath::Mailbox(mailbox))
+            }
             RecipientStatus::NotLocal => self.reply(Reply::relay_denied()),
             RecipientStatus::TemporaryFailure => self.reply(Reply::internal_error()),
         }

@@ -48,10 +48,18 @@ impl InputBuffer {
         let avail = &self.buf[self.start..];
         if let Some(pos) = find_crlf(avail) {
             let too_long = self.discarding || pos + 2 > max;
-            let line = if too_long { Vec::new() } else { avail[..pos].to_vec() };
+            let line = if too_long {
+                Vec::new()
+            } else {
+                avail[..pos].to_vec()
+            };
             self.start += pos + 2;
             self.discarding = false;
-            return if too_long { LineEvent::TooLong } else { LineEvent::Line(line) };
+            return if too_long {
+                LineEvent::TooLong
+            } else {
+                LineEvent::Line(line)
+            };
         }
         if avail.len() >= max {
             // Keep a trailing CR: its LF may be in the next read.

@@ -87,7 +87,9 @@ pub enum Action {
 /// Result of a credential check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthOutcome {
-    Success { user: String },
+    Success {
+        user: String,
+    },
     /// Any credential failure; the real reason goes only to the audit log.
     Failed,
     /// A 2FA account used its main password (534 5.7.9).
@@ -111,7 +113,9 @@ pub enum RecipientStatus {
 /// Result of making a message durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EnqueueOutcome {
-    Queued { id: String },
+    Queued {
+        id: String,
+    },
     /// Store or I/O failure (451 4.3.0).
     TemporaryFailure,
     /// Disk full (452 4.3.1).
@@ -194,7 +198,11 @@ enum State {
     Command,
     Sasl(SaslStep),
     Data(BodyDecoder),
-    Bdat { remaining: u64, last: bool, sink: BdatSink },
+    Bdat {
+        remaining: u64,
+        last: bool,
+        sink: BdatSink,
+    },
     Await(Awaiting),
     Closed,
 }
@@ -352,11 +360,11 @@ impl Session {
 
     /// Emits `AbortMessage` if a spool file is open.
     fn abort_message(&mut self) {
-        if let Some(tx) = &mut self.tx {
-            if tx.message_started {
-                tx.message_started = false;
-                self.pending.push_back(Action::AbortMessage);
-            }
+        if let Some(tx) = &mut self.tx
+            && tx.message_started
+        {
+            tx.message_started = false;
+            self.pending.push_back(Action::AbortMessage);
         }
     }
 

@@ -1,0 +1,463 @@
+//! Runs the real `portcullis` binary against a temporary data dir.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Exit code 1 and exactly one `error:` line naming `needle`.
+    fn fails_naming(self, needle: &str) -> Run {
+        assert_eq!(
+            self.code, 1,
+            "expected exit 1\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one error line, stderr: {}",
+            self.stderr
+        );
+        assert!(
+            errors[0].contains(needle),
+            "error line should name {needle:?}: {}",
+            errors[0]
+        );
+        self
+    }
+}
+
+fn command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for var in [
+        "PORTCULLIS_DATA_DIR",
+        "PORTCULLIS_CONFIG",
+        "PORTCULLIS_SMTP",
+        "PORTCULLIS_SUBMISSION",
+        "PORTCULLIS_SUBMISSIONS",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+fn finish(output: Output) -> Run {
+    Run {
+        code: output.status.code().expect("exited normally"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn run(dir: &TempDir, args: &[&str]) -> Run {
+    finish(
+        command(dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    )
+}
+
+fn run_stdin(dir: &TempDir, args: &[&str], stdin: &str) -> Run {
+    let mut child = command(dir.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    finish(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn account_add_generates_a_password_and_adds_the_domain() {
+    let dir = TempDir::new().unwrap();
+    let out = run(&dir, &["account", "add", "Bob@Example.com"]).ok();
+    assert!(
+        out.stdout.contains("example.com as a local domain"),
+        "{}",
+        out.stdout
+    );
+    let password_line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Password for bob@example.com: "))
+        .unwrap_or_else(|| panic!("no password line in {}", out.stdout));
+    let password = password_line.rsplit(' ').next().unwrap();
+    assert!(password.len() >= 16, "{password}");
+    assert!(out.stdout.contains("not be shown again"), "{}", out.stdout);
+    assert!(
+        !out.stderr.contains(password),
+        "the password must not reach the logs"
+    );
+
+    let domains = run(&dir, &["domain", "list"]).ok();
+    assert_eq!(domains.stdout.trim(), "example.com");
+
+    // A second account in the same domain does not re-add it.
+    let out = run(&dir, &["account", "add", "carol@example.com"]).ok();
+    assert!(!out.stdout.contains("local domain"), "{}", out.stdout);
+
+    run(&dir, &["account", "add", "bob@example.com"])
+        .fails_naming("bob@example.com already exists");
+}
+
+#[test]
+fn account_lifecycle() {
+    let dir = TempDir::new().unwrap();
+    let out = run_stdin(
+        &dir,
+        &[
+            "account",
+            "add",
+            "alice@example.org",
+            "--password-stdin",
+            "--plan",
+            "pro",
+        ],
+        "correct horse battery\n",
+    )
+    .ok();
+    assert!(!out.stdout.contains("Password for"), "{}", out.stdout);
+    assert!(!out.stdout.contains("correct horse") && !out.stderr.contains("correct horse"));
+
+    let list = run(&dir, &["account", "list"]).ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", list.stdout);
+    for header in ["ADDRESS", "STATUS", "PLAN", "CREATED"] {
+        assert!(lines[0].contains(header), "{}", lines[0]);
+    }
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[..3], ["alice@example.org", "active", "pro"]);
+    assert!(
+        row[3].ends_with('Z') && row[3].contains('T'),
+        "RFC 3339 UTC: {}",
+        row[3]
+    );
+
+    let show = run(&dir, &["account", "show", "ALICE@example.org"]).ok();
+    assert!(show.stdout.contains("alice@example.org"), "{}", show.stdout);
+    assert!(show.stdout.contains("pro"), "{}", show.stdout);
+    assert!(
+        !show.stdout.contains("argon2"),
+        "never print the hash: {}",
+        show.stdout
+    );
+
+    let out = run_stdin(
+        &dir,
+        &["account", "passwd", "alice@example.org", "--password-stdin"],
+        "another secret\r\n",
+    )
+    .ok();
+    assert!(out.stdout.contains("alice@example.org"), "{}", out.stdout);
+    assert!(!out.stdout.contains("another secret"));
+
+    run(&dir, &["account", "disable", "alice@example.org"]).ok();
+    let show = run(&dir, &["account", "show", "alice@example.org"]).ok();
+    assert!(show.stdout.contains("disabled"), "{}", show.stdout);
+    run(&dir, &["account", "enable", "alice@example.org"]).ok();
+    let show = run(&dir, &["account", "show", "alice@example.org"]).ok();
+    assert!(show.stdout.contains("active"), "{}", show.stdout);
+
+    run(&dir, &["account", "remove", "alice@example.org"]).ok();
+    let list = run(&dir, &["account", "list"]).ok();
+    assert!(
+        !list.stdout.contains("alice@example.org"),
+        "{}",
+        list.stdout
+    );
+}
+
+#[test]
+fn account_errors_exit_1_and_name_the_thing() {
+    let dir = TempDir::new().unwrap();
+    run(&dir, &["account", "show", "bob@example.com"])
+        .fails_naming("account bob@example.com not found");
+    run(&dir, &["account", "disable", "bob@example.com"]).fails_naming("bob@example.com not found");
+    run(&dir, &["account", "enable", "bob@example.com"]).fails_naming("bob@example.com not found");
+    run(&dir, &["account", "remove", "bob@example.com"]).fails_naming("bob@example.com not found");
+    run_stdin(
+        &dir,
+        &["account", "passwd", "bob@example.com", "--password-stdin"],
+        "long enough\n",
+    )
+    .fails_naming("bob@example.com not found");
+    run(&dir, &["account", "add", "not-an-address"]).fails_naming("not-an-address");
+
+    run_stdin(
+        &dir,
+        &["account", "add", "bob@example.com", "--password-stdin"],
+        "short\n",
+    )
+    .fails_naming("too short");
+    run_stdin(
+        &dir,
+        &["account", "add", "bob@example.com", "--password-stdin"],
+        "\n",
+    )
+    .fails_naming("--password-stdin");
+    run_stdin(
+        &dir,
+        &["account", "add", "bob@example.com", "--password-stdin"],
+        "",
+    )
+    .fails_naming("--password-stdin");
+    // Nothing was created by the failed attempts.
+    assert!(
+        run(&dir, &["account", "list"])
+            .ok()
+            .stdout
+            .contains("No accounts")
+    );
+
+    run(&dir, &["account", "add", "bob@example.com"]).ok();
+    run(&dir, &["account", "passwd", "bob@example.com"]).fails_naming("--password-stdin");
+    run_stdin(
+        &dir,
+        &["account", "passwd", "bob@example.com", "--password-stdin"],
+        "1234567\n",
+    )
+    .fails_naming("too short");
+
+    // Usage errors keep clap's exit code.
+    assert_eq!(run(&dir, &["account", "frobnicate"]).code, 2);
+    assert_eq!(run(&dir, &["account", "add"]).code, 2);
+}
+
+#[test]
+fn domains() {
+    let dir = TempDir::new().unwrap();
+    assert!(
+        run(&dir, &["domain", "list"])
+            .ok()
+            .stdout
+            .contains("No local domains")
+    );
+    run(&dir, &["domain", "add", "Example.NET"]).ok();
+    run(&dir, &["domain", "add", "example.org"]).ok();
+    assert_eq!(
+        run(&dir, &["domain", "list"]).ok().stdout,
+        "example.net\nexample.org\n"
+    );
+    run(&dir, &["domain", "add", "example.net"]).fails_naming("example.net already exists");
+    run(&dir, &["domain", "add", "bad domain"]).fails_naming("bad domain");
+
+    run(&dir, &["account", "add", "ann@example.net"]).ok();
+    run(&dir, &["domain", "remove", "example.net"]).fails_naming("example.net");
+    assert!(
+        run(&dir, &["domain", "list"])
+            .ok()
+            .stdout
+            .contains("example.net")
+    );
+
+    run(&dir, &["account", "remove", "ann@example.net"]).ok();
+    run(&dir, &["domain", "remove", "example.net"]).ok();
+    assert_eq!(run(&dir, &["domain", "list"]).ok().stdout, "example.org\n");
+    run(&dir, &["domain", "remove", "example.net"]).fails_naming("domain example.net not found");
+}
+
+#[test]
+fn queue_list_empty() {
+    let dir = TempDir::new().unwrap();
+    let out = run(&dir, &["queue", "list"]).ok();
+    assert_eq!(out.stdout.trim(), "Queue is empty");
+}
+
+#[test]
+fn config_check_and_show() {
+    let dir = TempDir::new().unwrap();
+    let out = run(&dir, &["config", "check"]).ok();
+    assert_eq!(out.stdout.trim(), "configuration OK: built-in defaults");
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../portcullis.example.toml");
+    let out = run(
+        &dir,
+        &["--config", example.to_str().unwrap(), "config", "check"],
+    )
+    .ok();
+    assert!(
+        out.stdout.starts_with("configuration OK: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("portcullis.example.toml"),
+        "{}",
+        out.stdout
+    );
+
+    // config show reflects the overrides and round-trips through config check.
+    let shown = run(&dir, &["--log-format", "json", "config", "show"])
+        .ok()
+        .stdout;
+    assert!(shown.contains("format = \"json\""), "{shown}");
+    assert!(
+        shown.contains(&format!("data_dir = {:?}", dir.path().to_str().unwrap())),
+        "{shown}"
+    );
+    let file = dir.path().join("shown.toml");
+    std::fs::write(&file, &shown).unwrap();
+    let other = TempDir::new().unwrap();
+    let mut cmd = command(other.path());
+    cmd.env("PORTCULLIS_CONFIG", &file)
+        .args(["config", "check"]);
+    let out = finish(cmd.output().unwrap()).ok();
+    assert!(out.stdout.contains("shown.toml"), "{}", out.stdout);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.env_remove("PORTCULLIS_DATA_DIR").args([
+        "--config",
+        file.to_str().unwrap(),
+        "config",
+        "show",
+    ]);
+    let again = finish(cmd.output().unwrap()).ok().stdout;
+    assert_eq!(again, shown);
+}
+
+#[test]
+fn bad_config_files_name_the_key() {
+    let dir = TempDir::new().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let unknown = write(
+        "unknown.toml",
+        "[listeners.smtp]\nenabled = true\nmax_recipient = 5\n",
+    );
+    let out = run(&dir, &["--config", &unknown, "config", "check"]).fails_naming("max_recipient");
+    assert!(out.stderr.contains("listeners.smtp"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+
+    let duration = write(
+        "duration.toml",
+        "[listeners.submission]\nidle_timeout = \"5x\"\n",
+    );
+    run(&dir, &["--config", &duration, "config", "check"])
+        .fails_naming("listeners.submission.idle_timeout: invalid duration \"5x\"");
+
+    let size = write(
+        "size.toml",
+        "[listeners.smtp]\nmax_message_size = \"lots\"\n",
+    );
+    run(&dir, &["--config", &size, "config", "check"])
+        .fails_naming("listeners.smtp.max_message_size");
+
+    let range = write(
+        "range.toml",
+        "[listeners.submission]\nmax_command_line = 100\n",
+    );
+    run(&dir, &["--config", &range, "config", "check"])
+        .fails_naming("listeners.submission.max_command_line");
+
+    let syntax = write("syntax.toml", "hostname = \n");
+    run(&dir, &["--config", &syntax, "config", "check"]).fails_naming("line 1");
+
+    let missing = dir.path().join("missing.toml");
+    run(
+        &dir,
+        &["--config", missing.to_str().unwrap(), "config", "check"],
+    )
+    .fails_naming("missing.toml");
+
+    // Admin commands refuse to run on a bad config too.
+    run(&dir, &["--config", &duration, "account", "list"]).fails_naming("idle_timeout");
+}
+
+#[test]
+fn serve_rejects_conflicting_addresses() {
+    let dir = TempDir::new().unwrap();
+    run(
+        &dir,
+        &[
+            "serve",
+            "--smtp",
+            "127.0.0.1:2599",
+            "--submission",
+            "127.0.0.1:2599",
+        ],
+    )
+    .fails_naming("listeners.submission.address");
+    assert_eq!(run(&dir, &["serve", "--smtp", "not-an-address"]).code, 2);
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_starts_and_stops_on_sigterm() {
+    use std::time::{Duration, Instant};
+
+    let dir = TempDir::new().unwrap();
+    let child = command(dir.path())
+        .args([
+            "serve",
+            "--smtp",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+            "--submissions",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the database to appear (the server has opened the store), then
+    // give it a moment to bind.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("portcullis.db").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Admin commands work while the server runs.
+    run(&dir, &["domain", "add", "example.com"]).ok();
+
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let out = finish(child.wait_with_output().unwrap());
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    for role in ["smtp", "submission", "submissions"] {
+        assert!(
+            out.stderr.contains(&format!("listener=\"{role}\"")),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The scripted session driver, shared with the unit tests in
+//! `src/session/tests.rs` (see `harness.rs`).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use portcullis_proto::address::{Domain, Mailbox};
+use portcullis_proto::{
+    Action, AuthOutcome, Credentials, EnqueueOutcome, Envelope, RecipientStatus, Role, Session,
+    SessionConfig,
+};
+
+include!("harness.rs");

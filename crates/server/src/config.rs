@@ -1,0 +1,692 @@
+//! Configuration: one TOML file, typed, unknown keys rejected, defaults in one
+//! place ([`Config::default_config`]), validated once ([`Config::validate`]).
+//!
+//! Loading goes file text -> [`raw`] (every key optional, serde
+//! `deny_unknown_fields`) -> defaults overlaid, durations/sizes/addresses parsed
+//! -> validated [`Config`]. Every error names the key at fault, as
+//! `listeners.smtp.max_recipients: must be at least 1`. Command-line flags and
+//! `PORTCULLIS_*` variables are applied by the binary on the resolved
+//! [`Config`], which it then validates again.
+
+mod raw;
+mod units;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use raw::{
+    DurationValue, RawConfig, RawListener, RawListeners, RawLog, RawSecurity, RawTls, SizeValue,
+};
+
+/// What every value of a `*_secret` key prints as in [`Config::to_toml_redacted`].
+pub const REDACTED: &str = "<redacted>";
+
+/// The resolved, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Our name in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Holds the SQLite database, the spool and the generated certificate.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub listeners: Listeners,
+    pub security: SecurityConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive such as `info` or `portcullis_server=debug,info`.
+    pub level: String,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The certificate chain and private key (PEM files). Both or neither: with
+/// neither, a self-signed certificate is generated in the data dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listeners {
+    pub smtp: ListenerConfig,
+    pub submission: ListenerConfig,
+    pub submissions: ListenerConfig,
+}
+
+impl Listeners {
+    /// The three listeners, enabled or not, in the order smtp, submission, submissions.
+    pub fn iter(&self) -> impl Iterator<Item = &ListenerConfig> {
+        [&self.smtp, &self.submission, &self.submissions].into_iter()
+    }
+
+    pub fn get(&self, role: ListenerRole) -> &ListenerConfig {
+        match role {
+            ListenerRole::Smtp => &self.smtp,
+            ListenerRole::Submission => &self.submission,
+            ListenerRole::Submissions => &self.submissions,
+        }
+    }
+
+    pub fn get_mut(&mut self, role: ListenerRole) -> &mut ListenerConfig {
+        match role {
+            ListenerRole::Smtp => &mut self.smtp,
+            ListenerRole::Submission => &mut self.submission,
+            ListenerRole::Submissions => &mut self.submissions,
+        }
+    }
+}
+
+/// What a listener is for; fixes its TLS mode and whether AUTH is offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// MX: inbound for local domains, no AUTH, no relay (production port 25).
+    Smtp,
+    /// STARTTLS, AUTH required, RFC 6409 (production port 587).
+    Submission,
+    /// Implicit TLS, AUTH required, RFC 8314 (production port 465).
+    Submissions,
+}
+
+impl ListenerRole {
+    pub const ALL: [ListenerRole; 3] = [
+        ListenerRole::Smtp,
+        ListenerRole::Submission,
+        ListenerRole::Submissions,
+    ];
+
+    /// The name used in the config file (`[listeners.<name>]`) and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerRole::Smtp => "smtp",
+            ListenerRole::Submission => "submission",
+            ListenerRole::Submissions => "submissions",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub role: ListenerRole,
+    pub enabled: bool,
+    pub address: SocketAddr,
+    /// Concurrent connections on this listener.
+    pub max_connections: usize,
+    /// Concurrent connections from one client IP on this listener.
+    pub max_connections_per_ip: usize,
+    /// Largest accepted message in octets (advertised as SIZE).
+    pub max_message_size: u64,
+    /// RCPT commands accepted per transaction.
+    pub max_recipients: usize,
+    /// Longest command line including CRLF (RFC 5321 4.5.3.1.4: at least 512).
+    pub max_command_line: usize,
+    /// Longest DATA text line including CRLF (RFC 5321 4.5.3.1.6: at least 1000).
+    pub max_text_line: usize,
+    /// Time allowed waiting for the client's next command or data chunk.
+    pub idle_timeout: Duration,
+    /// Total lifetime of one connection.
+    pub session_timeout: Duration,
+    /// Protocol errors tolerated before the connection is closed.
+    pub max_errors: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// Every AUTH reply is delayed to at least this long after the command.
+    pub auth_min_duration: Duration,
+    /// Failed AUTH attempts on one connection before `421` and close.
+    pub max_auth_failures: u32,
+}
+
+/// Why a configuration was refused. The message always names the file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key or wrong type; the text names the key and line.
+    #[error("{0}")]
+    Parse(String),
+    /// A well-formed value that is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Defaults: the one place they are written down.
+
+const DEFAULT_DATA_DIR: &str = "./portcullis-data";
+const DEFAULT_HOSTNAME: &str = "localhost";
+const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// RFC 5321 4.5.3.1.4: command line including CRLF.
+const MIN_COMMAND_LINE: usize = 512;
+/// RFC 5321 4.5.3.1.6: text line including CRLF.
+const MIN_TEXT_LINE: usize = 1000;
+/// RFC 5321 4.5.3.2.7: the server should wait at least 5 minutes for the next command.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_MAX_ERRORS: u32 = 10;
+const DEFAULT_AUTH_MIN_DURATION: Duration = Duration::from_millis(250);
+const DEFAULT_MAX_AUTH_FAILURES: u32 = 3;
+
+impl ListenerRole {
+    /// The zero-config address (unprivileged ports; production uses 25/587/465).
+    pub fn default_address(self) -> SocketAddr {
+        let port = match self {
+            ListenerRole::Smtp => 2525,
+            ListenerRole::Submission => 2587,
+            ListenerRole::Submissions => 2465,
+        };
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+}
+
+impl ListenerConfig {
+    /// The defaults for a listener of `role`.
+    pub fn default_for(role: ListenerRole) -> ListenerConfig {
+        ListenerConfig {
+            role,
+            enabled: true,
+            address: role.default_address(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+            max_command_line: MIN_COMMAND_LINE,
+            max_text_line: MIN_TEXT_LINE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            max_errors: DEFAULT_MAX_ERRORS,
+        }
+    }
+}
+
+/// The system hostname if it is usable as an SMTP domain, else `localhost`.
+fn system_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| hostname_problem(name).is_none())
+        .unwrap_or_else(|| DEFAULT_HOSTNAME.to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// The configuration used when no file is given.
+    pub fn default_config() -> Config {
+        Config {
+            hostname: system_hostname(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log: LogConfig {
+                format: DEFAULT_LOG_FORMAT,
+                level: DEFAULT_LOG_LEVEL.to_owned(),
+            },
+            tls: TlsConfig {
+                cert: None,
+                key: None,
+            },
+            listeners: Listeners {
+                smtp: ListenerConfig::default_for(ListenerRole::Smtp),
+                submission: ListenerConfig::default_for(ListenerRole::Submission),
+                submissions: ListenerConfig::default_for(ListenerRole::Submissions),
+            },
+            security: SecurityConfig {
+                auth_min_duration: DEFAULT_AUTH_MIN_DURATION,
+                max_auth_failures: DEFAULT_MAX_AUTH_FAILURES,
+            },
+        }
+    }
+
+    /// Reads and validates the file at `path`, or returns the defaults when
+    /// `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default_config());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Parses and validates TOML text; missing keys take their defaults.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Parse(describe_toml_error(text, None, &e)))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let path = (path != ".").then_some(path);
+            ConfigError::Parse(describe_toml_error(text, path.as_deref(), e.inner()))
+        })?;
+        let config = Config::resolve(raw)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Overlays the file's values on the defaults, parsing durations, sizes and
+    /// addresses.
+    fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut config = Config::default_config();
+        if let Some(hostname) = raw.hostname {
+            config.hostname = hostname;
+        }
+        if let Some(data_dir) = raw.data_dir {
+            config.data_dir = data_dir;
+        }
+        let RawLog { format, level } = raw.log;
+        if let Some(format) = format {
+            config.log.format = format;
+        }
+        if let Some(level) = level {
+            config.log.level = level;
+        }
+        let RawTls { cert, key } = raw.tls;
+        config.tls = TlsConfig { cert, key };
+        let RawListeners {
+            smtp,
+            submission,
+            submissions,
+        } = raw.listeners;
+        for (role, raw_listener) in [
+            (ListenerRole::Smtp, smtp),
+            (ListenerRole::Submission, submission),
+            (ListenerRole::Submissions, submissions),
+        ] {
+            if let Some(raw_listener) = raw_listener {
+                resolve_listener(config.listeners.get_mut(role), raw_listener)?;
+            }
+        }
+        let RawSecurity {
+            auth_min_duration,
+            max_auth_failures,
+        } = raw.security;
+        if let Some(value) = auth_min_duration {
+            config.security.auth_min_duration =
+                parse_duration_key("security.auth_min_duration", &value.0)?;
+        }
+        if let Some(value) = max_auth_failures {
+            config.security.max_auth_failures = value;
+        }
+        Ok(config)
+    }
+
+    /// Checks every cross-field and range rule; the error names the key.
+    /// Called by [`Config::from_toml_str`]; call it again after changing a
+    /// loaded config (e.g. from command-line overrides).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(problem) = hostname_problem(&self.hostname) {
+            return Err(ConfigError::invalid("hostname", problem));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("data_dir", "must not be empty"));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "must not be empty (use e.g. \"info\")",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("invalid filter {:?}: {e}", self.log.level),
+            ));
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key",
+                    "must be set when tls.cert is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert",
+                    "must be set when tls.key is set",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                if cert.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid("tls.cert", "must not be empty"));
+                }
+                if key.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid("tls.key", "must not be empty"));
+                }
+            }
+            (None, None) => {}
+        }
+        for listener in self.listeners.iter() {
+            validate_listener(listener)?;
+        }
+        if !self.listeners.iter().any(|l| l.enabled) {
+            return Err(ConfigError::invalid(
+                "listeners",
+                "at least one listener must be enabled",
+            ));
+        }
+        let enabled: Vec<&ListenerConfig> = self.listeners.iter().filter(|l| l.enabled).collect();
+        for (i, later) in enabled.iter().enumerate() {
+            for earlier in &enabled[..i] {
+                if addresses_conflict(earlier.address, later.address) {
+                    return Err(ConfigError::invalid(
+                        format!("listeners.{}.address", later.role.name()),
+                        format!(
+                            "{} conflicts with listeners.{}.address {} (two enabled listeners cannot share a port)",
+                            later.address,
+                            earlier.role.name(),
+                            earlier.address
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.security.max_auth_failures < 1 {
+            return Err(ConfigError::invalid(
+                "security.max_auth_failures",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The full resolved configuration as TOML that [`Config::from_toml_str`]
+    /// accepts back. Values of `*_secret` keys print as [`REDACTED`].
+    pub fn to_toml_redacted(&self) -> String {
+        let raw = self.to_raw();
+        let mut table = match toml::Table::try_from(&raw) {
+            Ok(table) => table,
+            Err(e) => return format!("# cannot render the configuration: {e}\n"),
+        };
+        redact(&mut table);
+        match toml::to_string(&table) {
+            Ok(text) => text,
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        }
+    }
+
+    /// The file-layer form with every key present.
+    fn to_raw(&self) -> RawConfig {
+        let lossy = |p: &Path| PathBuf::from(p.to_string_lossy().into_owned());
+        let listener = |l: &ListenerConfig| {
+            Some(RawListener {
+                enabled: Some(l.enabled),
+                address: Some(l.address.to_string()),
+                max_connections: Some(l.max_connections),
+                max_connections_per_ip: Some(l.max_connections_per_ip),
+                max_message_size: Some(SizeValue::Text(units::format_size(l.max_message_size))),
+                max_recipients: Some(l.max_recipients),
+                max_command_line: Some(l.max_command_line),
+                max_text_line: Some(l.max_text_line),
+                idle_timeout: Some(DurationValue(units::format_duration(l.idle_timeout))),
+                session_timeout: Some(DurationValue(units::format_duration(l.session_timeout))),
+                max_errors: Some(l.max_errors),
+            })
+        };
+        RawConfig {
+            hostname: Some(self.hostname.clone()),
+            data_dir: Some(lossy(&self.data_dir)),
+            log: RawLog {
+                format: Some(self.log.format),
+                level: Some(self.log.level.clone()),
+            },
+            tls: RawTls {
+                cert: self.tls.cert.as_deref().map(lossy),
+                key: self.tls.key.as_deref().map(lossy),
+            },
+            listeners: RawListeners {
+                smtp: listener(&self.listeners.smtp),
+                submission: listener(&self.listeners.submission),
+                submissions: listener(&self.listeners.submissions),
+            },
+            security: RawSecurity {
+                auth_min_duration: Some(DurationValue(units::format_duration(
+                    self.security.auth_min_duration,
+                ))),
+                max_auth_failures: Some(self.security.max_auth_failures),
+            },
+        }
+    }
+}
+
+fn resolve_listener(listener: &mut ListenerConfig, raw: RawListener) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("listeners.{}.{field}", listener.role.name());
+    let RawListener {
+        enabled,
+        address,
+        max_connections,
+        max_connections_per_ip,
+        max_message_size,
+        max_recipients,
+        max_command_line,
+        max_text_line,
+        idle_timeout,
+        session_timeout,
+        max_errors,
+    } = raw;
+    if let Some(v) = enabled {
+        listener.enabled = v;
+    }
+    if let Some(v) = address {
+        listener.address = v.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                key("address"),
+                format!("invalid address {v:?} (use IP:PORT, e.g. 0.0.0.0:587 or [::]:587)"),
+            )
+        })?;
+    }
+    if let Some(v) = max_connections {
+        listener.max_connections = v;
+    }
+    if let Some(v) = max_connections_per_ip {
+        listener.max_connections_per_ip = v;
+    }
+    if let Some(v) = max_message_size {
+        listener.max_message_size = match v {
+            SizeValue::Bytes(bytes) => bytes,
+            SizeValue::Text(text) => units::parse_size(&text).ok_or_else(|| {
+                ConfigError::invalid(
+                    key("max_message_size"),
+                    format!("invalid size {text:?} (use bytes or e.g. 25MiB, 10MB, 512KiB)"),
+                )
+            })?,
+        };
+    }
+    if let Some(v) = max_recipients {
+        listener.max_recipients = v;
+    }
+    if let Some(v) = max_command_line {
+        listener.max_command_line = v;
+    }
+    if let Some(v) = max_text_line {
+        listener.max_text_line = v;
+    }
+    if let Some(v) = idle_timeout {
+        listener.idle_timeout = parse_duration_key(&key("idle_timeout"), &v.0)?;
+    }
+    if let Some(v) = session_timeout {
+        listener.session_timeout = parse_duration_key(&key("session_timeout"), &v.0)?;
+    }
+    if let Some(v) = max_errors {
+        listener.max_errors = v;
+    }
+    Ok(())
+}
+
+fn validate_listener(l: &ListenerConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("listeners.{}.{field}", l.role.name());
+    let at_least = |field: &str, value: u64, min: u64, why: &str| {
+        if value < min {
+            Err(ConfigError::invalid(
+                key(field),
+                format!("must be at least {min}{why}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    at_least("max_connections", l.max_connections as u64, 1, "")?;
+    at_least(
+        "max_connections_per_ip",
+        l.max_connections_per_ip as u64,
+        1,
+        "",
+    )?;
+    at_least("max_message_size", l.max_message_size, 1, "")?;
+    at_least("max_recipients", l.max_recipients as u64, 1, "")?;
+    at_least(
+        "max_command_line",
+        l.max_command_line as u64,
+        MIN_COMMAND_LINE as u64,
+        " (RFC 5321 4.5.3.1.4)",
+    )?;
+    at_least(
+        "max_text_line",
+        l.max_text_line as u64,
+        MIN_TEXT_LINE as u64,
+        " (RFC 5321 4.5.3.1.6)",
+    )?;
+    at_least("max_errors", u64::from(l.max_errors), 1, "")?;
+    if l.idle_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            key("idle_timeout"),
+            "must be longer than 0s",
+        ));
+    }
+    if l.session_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            key("session_timeout"),
+            "must be longer than 0s",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two listeners would fight over one port. Port 0 (pick any free
+/// port) never conflicts; an unspecified IP conflicts with every IP of its family.
+fn addresses_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    a.ip() == b.ip()
+        || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+}
+
+fn parse_duration_key(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    units::parse_duration(text).ok_or_else(|| {
+        ConfigError::invalid(
+            key,
+            format!("invalid duration {text:?} (use e.g. 30s, 5m, 1h)"),
+        )
+    })
+}
+
+/// Why `name` is not usable as our SMTP domain name, if it is not.
+fn hostname_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Some("must be at most 253 characters".to_owned());
+    }
+    for label in name.split('.') {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !valid {
+            return Some(format!(
+                "{name:?} is not a valid domain name (letters, digits, hyphens and dots, e.g. mail.example.com)"
+            ));
+        }
+    }
+    None
+}
+
+/// The redaction hook: replaces the value of every `*_secret` key, at any depth.
+fn redact(table: &mut toml::Table) {
+    for (key, value) in table.iter_mut() {
+        if key.ends_with("_secret") {
+            *value = toml::Value::String(REDACTED.to_owned());
+            continue;
+        }
+        match value {
+            toml::Value::Table(inner) => redact(inner),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(inner) = item {
+                        redact(inner);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One line: `path: message (line L, column C)`.
+fn describe_toml_error(text: &str, path: Option<&str>, error: &toml::de::Error) -> String {
+    let mut out = String::new();
+    if let Some(path) = path {
+        out.push_str(path);
+        out.push_str(": ");
+    }
+    let message = error.message().trim();
+    out.push_str(&message.split_whitespace().collect::<Vec<_>>().join(" "));
+    if let Some(span) = error.span() {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        out.push_str(&format!(" (line {line}, column {column})"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,326 @@
+//! The connection driver: the only code that does socket I/O for a session.
+//!
+//! It performs the [`Action`]s of the sans-IO [`Session`] — reads, writes,
+//! the STARTTLS upgrade, credential checks, recipient lookups and spooling —
+//! and enforces the idle and total session timeouts (RFC 5321 4.5.3.2) and
+//! graceful shutdown (`421 4.3.2`). Protocol decisions are never made here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::{Action, Mailbox, RecipientStatus, Reply, Session, SessionConfig};
+use portcullis_store::Store;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+
+use crate::auth::AuthService;
+use crate::config::ListenerConfig;
+use crate::spool::{Origin, Spool, SpoolWriter};
+use crate::tls::TlsManager;
+
+/// A byte stream a session can run on: TCP, TLS over TCP, or an in-memory duplex in tests.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Everything sessions share.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub auth: AuthService,
+    pub spool: Spool,
+    pub tls: Arc<TlsManager>,
+    pub hostname: String,
+    pub max_auth_failures: u32,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How a session ended (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Closed,
+    PeerGone,
+    IdleTimeout,
+    SessionTimeout,
+    Shutdown,
+    TlsFailed,
+    IoError,
+}
+
+pub(crate) fn session_config(shared: &Shared, listener: &ListenerConfig) -> SessionConfig {
+    SessionConfig {
+        role: crate::server::proto_role(listener.role),
+        hostname: shared.hostname.clone(),
+        max_message_size: listener.max_message_size,
+        max_recipients: listener.max_recipients,
+        max_command_line: listener.max_command_line,
+        max_text_line: listener.max_text_line,
+        max_errors: listener.max_errors,
+        max_auth_failures: shared.max_auth_failures,
+        starttls: true,
+    }
+}
+
+/// Describes the negotiated TLS parameters, for logs and the Received header.
+pub(crate) fn tls_description(conn: &rustls::ServerConnection) -> String {
+    let version = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}").replace("TLSv1_", "TLSv1."))
+        .unwrap_or_default();
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|c| format!("{:?}", c.suite()))
+        .unwrap_or_default();
+    format!("using {version} with cipher {cipher}")
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    listener: Arc<ListenerConfig>,
+    peer: SocketAddr,
+    io: Option<Box<dyn Io>>,
+    out: Vec<u8>,
+    tls_info: Option<String>,
+    spool: Option<SpoolWriter>,
+    deadline: Instant,
+}
+
+/// Runs one session to completion on `io`. `tls_info` is set when the stream
+/// is already TLS (port 465).
+pub(crate) async fn serve(
+    io: Box<dyn Io>,
+    tls_info: Option<String>,
+    shared: Arc<Shared>,
+    listener: Arc<ListenerConfig>,
+    peer: SocketAddr,
+) {
+    let mut session = Session::new(session_config(&shared, &listener), tls_info.is_some());
+    let mut driver = Driver {
+        deadline: Instant::now() + listener.session_timeout,
+        shared,
+        listener,
+        peer,
+        io: Some(io),
+        out: Vec::with_capacity(1024),
+        tls_info,
+        spool: None,
+    };
+    session.greeting().write_to(&mut driver.out);
+    let end = driver.run(&mut session).await;
+    if let Some(w) = driver.spool.take() {
+        driver.shared.spool.abort(w).await;
+    }
+    if let Some(mut io) = driver.io.take() {
+        let _ = timeout(Duration::from_secs(5), io.shutdown()).await;
+    }
+    tracing::info!(end = ?end, user = session.authenticated_user().unwrap_or(""), "disconnected");
+}
+
+impl Driver {
+    async fn run(&mut self, session: &mut Session) -> End {
+        loop {
+            let action = session.poll();
+            match action {
+                Action::NeedInput => {
+                    if let Err(end) = self.read_into(session).await {
+                        return end;
+                    }
+                }
+                Action::Send(reply) => {
+                    log_rejection(&reply);
+                    reply.write_to(&mut self.out);
+                    if self.out.len() > 64 * 1024 && self.flush().await.is_err() {
+                        return End::IoError;
+                    }
+                }
+                Action::SendAndClose(reply) => {
+                    log_rejection(&reply);
+                    reply.write_to(&mut self.out);
+                    let _ = self.flush().await;
+                    return End::Closed;
+                }
+                Action::Close => return End::PeerGone,
+                Action::StartTls => {
+                    if let Err(end) = self.start_tls().await {
+                        return end;
+                    }
+                    session.tls_started();
+                }
+                Action::Authenticate(creds) => {
+                    let outcome = self.shared.auth.authenticate(creds, self.peer.ip()).await;
+                    session.auth_result(outcome);
+                }
+                Action::CheckRecipient(mailbox) => {
+                    let status = check_recipient(&*self.shared.store, &mailbox).await;
+                    session.recipient_result(status);
+                }
+                Action::BeginMessage(envelope) => {
+                    let origin = Origin {
+                        client_ip: self.peer.ip(),
+                        hostname: self.shared.hostname.clone(),
+                        tls: self.tls_info.clone(),
+                    };
+                    if let Some(old) = self.spool.take() {
+                        self.shared.spool.abort(old).await;
+                    }
+                    self.spool = Some(self.shared.spool.begin(envelope, origin).await);
+                }
+                Action::MessageData(data) => {
+                    if let Some(w) = &mut self.spool {
+                        w.write(&data).await;
+                    }
+                }
+                Action::EndMessage => {
+                    let outcome = match self.spool.take() {
+                        Some(w) => self.shared.spool.commit(w, &self.shared.store).await,
+                        None => portcullis_proto::EnqueueOutcome::TemporaryFailure,
+                    };
+                    session.message_result(outcome);
+                }
+                Action::AbortMessage => {
+                    if let Some(w) = self.spool.take() {
+                        self.shared.spool.abort(w).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let Some(io) = self.io.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        let write = async {
+            io.write_all(&self.out).await?;
+            io.flush().await
+        };
+        match timeout(self.listener.idle_timeout, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Flushes pending replies and reads more input, honouring timeouts and shutdown.
+    async fn read_into(&mut self, session: &mut Session) -> Result<(), End> {
+        if self.flush().await.is_err() {
+            return Err(End::IoError);
+        }
+        let mut shutdown = self.shared.shutdown.clone();
+        let shutting_down = *shutdown.borrow();
+        if shutting_down && !session.in_message() {
+            return Err(self
+                .say_and_end(Reply::shutting_down(), End::Shutdown)
+                .await);
+        }
+        let mut buf = [0u8; 16 * 1024];
+        let idle = self.listener.idle_timeout;
+        let deadline = self.deadline;
+        let Some(io) = self.io.as_mut() else {
+            return Err(End::IoError);
+        };
+        enum Woke {
+            Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+            Deadline,
+            Shutdown,
+        }
+        let in_message = session.in_message();
+        let woke = tokio::select! {
+            r = timeout(idle, io.read(&mut buf)) => Woke::Read(r),
+            _ = tokio::time::sleep_until(deadline) => Woke::Deadline,
+            _ = async { if shutdown.wait_for(|s| *s).await.is_err() { std::future::pending::<()>().await } }, if !in_message => Woke::Shutdown,
+        };
+        let result = match woke {
+            Woke::Read(r) => r,
+            Woke::Deadline => {
+                return Err(self
+                    .say_and_end(Reply::session_timeout(), End::SessionTimeout)
+                    .await);
+            }
+            Woke::Shutdown => {
+                return Err(self
+                    .say_and_end(Reply::shutting_down(), End::Shutdown)
+                    .await);
+            }
+        };
+        match result {
+            Ok(Ok(0)) => session.eof(),
+            Ok(Ok(n)) => session.push(&buf[..n]),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                return Err(End::IoError);
+            }
+            Err(_) => {
+                return Err(self
+                    .say_and_end(Reply::idle_timeout(), End::IdleTimeout)
+                    .await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn say_and_end(&mut self, reply: Reply, end: End) -> End {
+        reply.write_to(&mut self.out);
+        let _ = self.flush().await;
+        end
+    }
+
+    async fn start_tls(&mut self) -> Result<(), End> {
+        if self.flush().await.is_err() {
+            return Err(End::IoError);
+        }
+        let Some(io) = self.io.take() else {
+            return Err(End::IoError);
+        };
+        let acceptor = self.shared.tls.acceptor();
+        match timeout(self.listener.idle_timeout, acceptor.accept(io)).await {
+            Ok(Ok(stream)) => {
+                let info = tls_description(stream.get_ref().1);
+                tracing::debug!(tls = %info, "STARTTLS complete");
+                self.tls_info = Some(info);
+                self.io = Some(Box::new(stream));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                Err(End::TlsFailed)
+            }
+            Err(_) => Err(End::TlsFailed),
+        }
+    }
+}
+
+fn log_rejection(reply: &Reply) {
+    if reply.code >= 400 {
+        tracing::info!(target: "portcullis::mail", event = "reject", reply = %reply, "rejected");
+    }
+}
+
+/// Maps store facts about a recipient for the session's relay rule.
+async fn check_recipient(store: &dyn Store, mailbox: &Mailbox) -> RecipientStatus {
+    let portcullis_proto::Domain::Name(domain) = &mailbox.domain else {
+        return RecipientStatus::NotLocal;
+    };
+    match store.is_local_domain(domain).await {
+        Ok(false) => RecipientStatus::NotLocal,
+        Ok(true) => match store.account(&mailbox.to_string()).await {
+            Ok(Some(_)) => RecipientStatus::LocalExists,
+            // A local part we could never have created (quoted, odd characters).
+            Ok(None) | Err(portcullis_store::StoreError::Invalid(_)) => {
+                RecipientStatus::LocalUnknown
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recipient lookup failed");
+                RecipientStatus::TemporaryFailure
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "domain lookup failed");
+            RecipientStatus::TemporaryFailure
+        }
+    }
+}

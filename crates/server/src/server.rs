@@ -1,0 +1,293 @@
+//! Listener setup, accept loops, connection caps and graceful shutdown
+//! (STYLE 10: bound listeners in, a shutdown future, a drain with a bound).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_proto::{Reply, Role};
+use portcullis_store::Store;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tracing::Instrument;
+
+use crate::auth::AuthService;
+use crate::config::{Config, ListenerConfig, ListenerRole};
+use crate::conn::{self, Io, Shared};
+use crate::spool::Spool;
+use crate::tls::{TlsError, TlsManager};
+
+/// How long open sessions may take to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {listener} listener to {address}: {source}")]
+    Bind {
+        listener: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot create spool directories under {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn proto_role(role: ListenerRole) -> Role {
+    match role {
+        ListenerRole::Smtp => Role::Mx,
+        ListenerRole::Submission => Role::Submission,
+        ListenerRole::Submissions => Role::Submissions,
+    }
+}
+
+/// Reloads the TLS certificate and key from disk; new handshakes use the new
+/// pair, established connections are untouched.
+#[derive(Clone)]
+pub struct TlsReloader {
+    tls: Arc<TlsManager>,
+}
+
+impl TlsReloader {
+    pub fn reload(&self) -> Result<(), ServerError> {
+        self.tls.reload()?;
+        Ok(())
+    }
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds every enabled listener, opens the spool and loads (or generates)
+    /// the TLS certificate.
+    pub async fn bind(config: Arc<Config>, store: Arc<dyn Store>) -> Result<Server, ServerError> {
+        let tls = TlsManager::load(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &config.data_dir,
+            &config.hostname,
+        )?;
+        let spool = Spool::open(&config.data_dir).map_err(|source| ServerError::Spool {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let mut listeners = Vec::new();
+        for l in config.listeners.iter().filter(|l| l.enabled) {
+            let socket =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        listener: l.role.name(),
+                        address: l.address,
+                        source,
+                    })?;
+            listeners.push((Arc::new(l.clone()), socket));
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            auth: AuthService::new(Arc::clone(&store), config.security.auth_min_duration),
+            store,
+            spool,
+            tls: Arc::new(tls),
+            hostname: config.hostname.clone(),
+            max_auth_failures: config.security.max_auth_failures,
+            shutdown: shutdown_rx,
+        });
+        Ok(Server {
+            shared,
+            listeners,
+            shutdown_tx,
+        })
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn local_addr(&self, role: ListenerRole) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(cfg, _)| cfg.role == role)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// Path of the certificate in use (the generated one when self-signed).
+    pub fn certificate_path(&self) -> PathBuf {
+        self.shared.tls.cert_path().to_path_buf()
+    }
+
+    /// The TLS reload handle (wire it to SIGHUP).
+    pub fn reloader(&self) -> TlsReloader {
+        TlsReloader {
+            tls: Arc::clone(&self.shared.tls),
+        }
+    }
+
+    /// Runs one session on an arbitrary stream with the settings of the `role`
+    /// listener; `assume_tls` starts it as if TLS were already up. This is the
+    /// entry point of the golden dialog tests (an in-memory duplex stream).
+    pub async fn serve_stream<S: Io + 'static>(
+        &self,
+        io: S,
+        role: ListenerRole,
+        peer: SocketAddr,
+        assume_tls: bool,
+    ) {
+        let Some((cfg, _)) = self.listeners.iter().find(|(c, _)| c.role == role) else {
+            return;
+        };
+        let tls_info = assume_tls.then(|| "assumed TLS".to_owned());
+        conn::serve(
+            Box::new(io),
+            tls_info,
+            Arc::clone(&self.shared),
+            Arc::clone(cfg),
+            peer,
+        )
+        .await;
+    }
+
+    /// Serves until `shutdown` completes, then answers `421 4.3.2` to idle
+    /// sessions, lets messages in progress finish, and drains within a bound.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let mut loops = JoinSet::new();
+        for (cfg, listener) in self.listeners {
+            loops.spawn(accept_loop(listener, cfg, Arc::clone(&self.shared)));
+        }
+        shutdown.await;
+        tracing::info!("shutdown requested: closing listeners and draining sessions");
+        let _ = self.shutdown_tx.send(true);
+        while loops.join_next().await.is_some() {}
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Releases a per-IP connection slot on drop.
+struct IpSlot {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut guard = map.lock().ok()?;
+        let count = guard.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            map: Arc::clone(map),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.map.lock()
+            && let Some(count) = guard.get_mut(&self.ip)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                guard.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, cfg: Arc<ListenerConfig>, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut conns = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = Arc::clone(&slots).try_acquire_owned().ok();
+                    let slot = IpSlot::take(&per_ip, peer.ip(), cfg.max_connections_per_ip);
+                    conns.spawn(connection(stream, peer, permit, slot, Arc::clone(&cfg), Arc::clone(&shared)));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, listener = cfg.role.name(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = async { if shutdown.wait_for(|s| *s).await.is_err() { std::future::pending::<()>().await } } => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            listener = cfg.role.name(),
+            remaining = conns.len(),
+            "drain timeout: closing remaining sessions"
+        );
+        conns.shutdown().await;
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    slot: Option<IpSlot>,
+    cfg: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+) {
+    let sid = format!("{:08x}", rand::random::<u32>());
+    let span =
+        tracing::info_span!("session", sid = %sid, listener = cfg.role.name(), client = %peer);
+    async move {
+        let reject = match (&permit, &slot) {
+            (None, _) => Some(Reply::too_many_connections()),
+            (_, None) => Some(Reply::too_many_connections_from_ip()),
+            _ => None,
+        };
+        if let Some(reply) = reject {
+            tracing::warn!(reply = %reply, "connection refused: limit reached");
+            let _ = timeout(Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;
+            return;
+        }
+        tracing::info!("connected");
+        let _ = stream.set_nodelay(true);
+        if cfg.role == ListenerRole::Submissions {
+            // RFC 8314: TLS starts immediately.
+            match timeout(cfg.idle_timeout, shared.tls.acceptor().accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let info = conn::tls_description(tls.get_ref().1);
+                    conn::serve(Box::new(tls), Some(info), shared, cfg, peer).await;
+                }
+                Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::info!("TLS handshake timed out"),
+            }
+        } else {
+            conn::serve(Box::new(stream), None, shared, cfg, peer).await;
+        }
+        drop(permit);
+        drop(slot);
+    }
+    .instrument(span)
+    .await;
+}

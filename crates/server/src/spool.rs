@@ -1,0 +1,249 @@
+//! Durable acceptance: message bodies go to spool files, then into the queue.
+//!
+//! Order (DESIGN "Storage"): write to `incoming/<id>`, fsync the file, rename
+//! into `spool/<id>.eml`, fsync the directory, then commit the queue row. Only
+//! then may the session answer 250. A crash before the commit leaves at most an
+//! orphan file, never an acknowledged message without its body.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use portcullis_proto::{EnqueueOutcome, Envelope, ForwardPath, ReversePath};
+use portcullis_store::{NewMessage, Store, StoreError};
+use tokio::io::AsyncWriteExt;
+
+/// Where spool files live.
+#[derive(Debug)]
+pub struct Spool {
+    data_dir: PathBuf,
+    incoming: PathBuf,
+    spool: PathBuf,
+}
+
+/// Facts about the connection recorded with the message.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub client_ip: std::net::IpAddr,
+    pub hostname: String,
+    /// TLS version and cipher, when TLS is up.
+    pub tls: Option<String>,
+}
+
+/// An open spool file for one message.
+pub struct SpoolWriter {
+    id: String,
+    tmp_path: PathBuf,
+    file: Option<tokio::fs::File>,
+    envelope: Envelope,
+    origin: Origin,
+    size: u64,
+    /// The first I/O error; reported at commit time.
+    failed: Option<std::io::Error>,
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || e.raw_os_error() == Some(28)
+}
+
+impl Spool {
+    pub fn open(data_dir: &Path) -> std::io::Result<Spool> {
+        let incoming = data_dir.join("incoming");
+        let spool = data_dir.join("spool");
+        std::fs::create_dir_all(&incoming)?;
+        std::fs::create_dir_all(&spool)?;
+        // Files left in incoming/ by a crash were never acknowledged: drop them.
+        for entry in std::fs::read_dir(&incoming)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                tracing::info!(path = %entry.path().display(), "removing unacknowledged partial message");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Spool {
+            data_dir: data_dir.to_path_buf(),
+            incoming,
+            spool,
+        })
+    }
+
+    /// Opens a spool file and writes the Received header.
+    pub async fn begin(&self, envelope: Envelope, origin: Origin) -> SpoolWriter {
+        let id = new_queue_id();
+        let tmp_path = self.incoming.join(&id);
+        let mut writer = SpoolWriter {
+            id,
+            tmp_path,
+            file: None,
+            envelope,
+            origin,
+            size: 0,
+            failed: None,
+        };
+        match tokio::fs::File::create(&writer.tmp_path).await {
+            Ok(f) => writer.file = Some(f),
+            Err(e) => writer.failed = Some(e),
+        }
+        let header = received_header(&writer.id, &writer.envelope, &writer.origin);
+        writer.write(header.as_bytes()).await;
+        writer
+    }
+
+    /// Makes the message durable and records it in the queue.
+    pub async fn commit(&self, mut w: SpoolWriter, store: &Arc<dyn Store>) -> EnqueueOutcome {
+        if let Some(e) = w.failed.take() {
+            tracing::error!(error = %e, "spool write failed");
+            self.discard(&w.tmp_path).await;
+            return io_outcome(&e);
+        }
+        let Some(mut file) = w.file.take() else {
+            return EnqueueOutcome::TemporaryFailure;
+        };
+        let final_name = format!("{}.eml", w.id);
+        let final_path = self.spool.join(&final_name);
+        let durable = async {
+            file.flush().await?;
+            file.sync_all().await?;
+            drop(file);
+            tokio::fs::rename(&w.tmp_path, &final_path).await?;
+            let dir = self.spool.clone();
+            tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+                .await
+                .map_err(std::io::Error::other)?
+        };
+        if let Err(e) = durable.await {
+            tracing::error!(error = %e, "spool fsync/rename failed");
+            self.discard(&w.tmp_path).await;
+            self.discard(&final_path).await;
+            return io_outcome(&e);
+        }
+        let message = NewMessage {
+            id: w.id.clone(),
+            sender: match &w.envelope.from {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            },
+            recipients: w.envelope.recipients.iter().map(recipient_text).collect(),
+            size: w.size,
+            spool_path: Path::new("spool")
+                .join(&final_name)
+                .to_string_lossy()
+                .into_owned(),
+            auth_user: w.envelope.auth_user.clone(),
+            client_ip: w.origin.client_ip.to_string(),
+            received_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        match store.enqueue(&message).await {
+            Ok(()) => {
+                tracing::info!(
+                    target: "portcullis::mail",
+                    event = "queued",
+                    queue_id = %message.id,
+                    from = %message.sender,
+                    nrcpt = message.recipients.len(),
+                    size = message.size,
+                    auth_user = message.auth_user.as_deref().unwrap_or(""),
+                    "message queued"
+                );
+                EnqueueOutcome::Queued { id: w.id }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, queue_id = %message.id, "queue commit failed");
+                self.discard(&final_path).await;
+                match e {
+                    StoreError::Unavailable(m) if m.contains("full") => {
+                        EnqueueOutcome::InsufficientStorage
+                    }
+                    _ => EnqueueOutcome::TemporaryFailure,
+                }
+            }
+        }
+    }
+
+    /// Drops an unfinished message.
+    pub async fn abort(&self, w: SpoolWriter) {
+        drop(w.file);
+        self.discard(&w.tmp_path).await;
+    }
+
+    async fn discard(&self, path: &Path) {
+        if let Err(e) = tokio::fs::remove_file(path).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, path = %path.display(), "cannot remove spool file");
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+fn io_outcome(e: &std::io::Error) -> EnqueueOutcome {
+    if is_disk_full(e) {
+        EnqueueOutcome::InsufficientStorage
+    } else {
+        EnqueueOutcome::TemporaryFailure
+    }
+}
+
+fn recipient_text(r: &ForwardPath) -> String {
+    match r {
+        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+impl SpoolWriter {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends content; the first error is kept and reported at commit.
+    pub async fn write(&mut self, data: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(f) = &mut self.file {
+            match f.write_all(data).await {
+                Ok(()) => self.size += data.len() as u64,
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+}
+
+/// A sortable, unique queue id: 11 hex digits of Unix milliseconds, 5 random.
+pub fn new_queue_id() -> String {
+    let ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let r: u32 = rand::random::<u32>() & 0xF_FFFF;
+    format!("{ms:011X}{r:05X}")
+}
+
+/// RFC 5321 4.4 trace header; protocol keyword per RFC 3848.
+pub fn received_header(id: &str, env: &Envelope, origin: &Origin) -> String {
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let helo: String = env
+        .helo
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(255)
+        .collect();
+    let mut h = format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {host} (Portcullis) with {proto} id {id}",
+        ip = origin.client_ip,
+        host = origin.hostname,
+        proto = env.protocol(),
+    );
+    if let Some(tls) = &origin.tls {
+        h.push_str(&format!("\r\n\t({tls})"));
+    }
+    if let [only] = env.recipients.as_slice() {
+        h.push_str(&format!("\r\n\tfor <{}>", recipient_text(only)));
+    }
+    h.push_str(&format!(";\r\n\t{date}\r\n"));
+    h
+}

@@ -1,0 +1,178 @@
+//! TLS for the listeners: rustls, TLS 1.2 and 1.3 only, a certificate that can
+//! be swapped at runtime (SIGHUP) without touching established connections.
+//!
+//! With no certificate configured, a self-signed one is generated into
+//! `<data_dir>/tls/` on first start (and reused after), with a warning.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// TLS setup failures; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate file {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("cannot read private key file {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("certificate {cert} and key {key} do not form a usable pair: {reason}")]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("cannot generate self-signed certificate in {dir}: {reason}")]
+    Generate { dir: PathBuf, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// Serves whatever certificate was loaded last.
+#[derive(Debug)]
+struct ReloadableCert(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+/// The loaded certificate, where it came from, and the rustls config using it.
+pub struct TlsManager {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: Arc<ReloadableCert>,
+    config: Arc<ServerConfig>,
+    /// Whether the certificate is our generated self-signed one.
+    pub self_signed: bool,
+}
+
+impl TlsManager {
+    /// Loads the configured pair, or generates/reuses a self-signed one.
+    pub fn load(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        data_dir: &Path,
+        hostname: &str,
+    ) -> Result<TlsManager, TlsError> {
+        let (cert_path, key_path, self_signed) = match (cert, key) {
+            (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf(), false),
+            _ => {
+                let (c, k) = ensure_self_signed(&data_dir.join("tls"), hostname)?;
+                (c, k, true)
+            }
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = load_pair(&cert_path, &key_path, &provider)?;
+        let current = Arc::new(ReloadableCert(RwLock::new(Arc::new(key))));
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        config.alpn_protocols = Vec::new();
+        Ok(TlsManager {
+            cert_path,
+            key_path,
+            provider,
+            current,
+            config: Arc::new(config),
+            self_signed,
+        })
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+    }
+
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// Re-reads the certificate and key. On error the old pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = load_pair(&self.cert_path, &self.key_path, &self.provider)?;
+        if let Ok(mut guard) = self.current.0.write() {
+            *guard = Arc::new(key);
+        }
+        Ok(())
+    }
+}
+
+fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_path.to_path_buf(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Key {
+        path: key_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| TlsError::Pair {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Returns the paths of the self-signed pair in `dir`, generating it if absent.
+fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsError> {
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if cert_path.exists() && key_path.exists() {
+        tracing::warn!(cert = %cert_path.display(), "using the self-signed certificate generated earlier; configure [tls] cert and key for production");
+        return Ok((cert_path, key_path));
+    }
+    let err = |reason: String| TlsError::Generate {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let mut names = vec![hostname.to_owned()];
+    // Loopback names and addresses, so local clients that verify (Python's
+    // ssl with cafile=cert.pem) can connect by name or IP.
+    for extra in ["localhost", "127.0.0.1", "::1"] {
+        if hostname != extra {
+            names.push(extra.to_owned());
+        }
+    }
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| err(e.to_string()))?;
+    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| err(e.to_string()))?;
+    tracing::warn!(cert = %cert_path.display(), "no [tls] certificate configured: generated a self-signed certificate; clients will not trust it");
+    Ok((cert_path, key_path))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}

@@ -1,0 +1,190 @@
+//! Storage failures reach the client as temporary errors, never as a 250 and
+//! never as a crash: store unavailable during AUTH → 454 4.7.0, spool write
+//! failure → 451 4.3.0, queue commit failure → 451 4.3.0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use portcullis_server::Server;
+use portcullis_server::config::{Config, ListenerRole};
+use portcullis_store::{SqliteStore, Store, password};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    store: SqliteStore,
+    server: Server,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let mut config = Config::default_config();
+    config.data_dir = data_dir.clone();
+    config.hostname = "mx.test".into();
+    config.security.auth_min_duration = Duration::from_millis(10);
+    for role in ListenerRole::ALL {
+        config.listeners.get_mut(role).address = "127.0.0.1:0".parse().unwrap();
+    }
+    let store = SqliteStore::open(&data_dir.join("portcullis.db"))
+        .await
+        .unwrap();
+    let hash = password::hash_password(PASSWORD).unwrap();
+    store
+        .add_account("alice@example.com", &hash, "default")
+        .await
+        .unwrap();
+    let server = Server::bind(Arc::new(config), Arc::new(store.clone()))
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        data_dir,
+        store,
+        server,
+    }
+}
+
+/// Runs `lines` against a TLS-assumed submission session; returns all reply lines.
+async fn dialog(f: &Fixture, lines: &[&str]) -> Vec<String> {
+    let (client, server_side) = tokio::io::duplex(64 * 1024);
+    let peer = "192.0.2.7:40000".parse().unwrap();
+    let serve = f
+        .server
+        .serve_stream(server_side, ListenerRole::Submission, peer, true);
+    let talk = async move {
+        let (read, mut write) = tokio::io::split(client);
+        let mut reader = BufReader::new(read);
+        for l in lines {
+            write.write_all(l.as_bytes()).await.unwrap();
+            write.write_all(b"\r\n").await.unwrap();
+        }
+        let mut replies = Vec::new();
+        loop {
+            let mut line = String::new();
+            match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(_)) => replies.push(line.trim_end().to_owned()),
+                Ok(Err(_)) => break,
+            }
+        }
+        replies
+    };
+    let ((), replies) = tokio::join!(serve, talk);
+    replies
+}
+
+fn plain() -> String {
+    let raw = format!("\0alice@example.com\0{PASSWORD}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn has(replies: &[String], prefix: &str) -> bool {
+    replies.iter().any(|r| r.starts_with(prefix))
+}
+
+#[tokio::test]
+async fn store_unavailable_during_auth_is_454() {
+    let f = fixture().await;
+    f.store.close().await;
+    let replies = dialog(&f, &["EHLO c.test", &plain(), "QUIT"]).await;
+    assert!(has(&replies, "454 4.7.0"), "{replies:?}");
+    assert!(!has(&replies, "235"), "{replies:?}");
+}
+
+#[tokio::test]
+async fn spool_write_failure_is_451_not_250() {
+    let f = fixture().await;
+    // Make the incoming directory unusable: a file where the directory was.
+    let incoming = f.data_dir.join("incoming");
+    std::fs::remove_dir_all(&incoming).unwrap();
+    std::fs::write(&incoming, b"not a directory").unwrap();
+    let replies = dialog(
+        &f,
+        &[
+            "EHLO c.test",
+            &plain(),
+            "MAIL FROM:<alice@example.com>",
+            "RCPT TO:<bob@example.org>",
+            "DATA",
+            "Subject: x",
+            "",
+            "body",
+            ".",
+            "QUIT",
+        ],
+    )
+    .await;
+    assert!(has(&replies, "451 4.3.0"), "{replies:?}");
+    assert!(!has(&replies, "250 2.0.0 Ok: queued"), "{replies:?}");
+    assert!(
+        has(&replies, "221 2.0.0"),
+        "session must survive: {replies:?}"
+    );
+    assert!(f.store.list_queue().await.is_err() || f.store.list_queue().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn queue_commit_failure_is_451_and_spool_file_removed() {
+    let f = fixture().await;
+    let replies = dialog(&f, &["EHLO c.test", &plain()]).await;
+    assert!(has(&replies, "235 2.7.0"), "{replies:?}");
+    // Authenticated session, then the store goes away before the commit.
+    let (client, server_side) = tokio::io::duplex(64 * 1024);
+    let peer = "192.0.2.7:40001".parse().unwrap();
+    let store = f.store.clone();
+    let serve = f
+        .server
+        .serve_stream(server_side, ListenerRole::Submission, peer, true);
+    let talk = async move {
+        let (read, mut write) = tokio::io::split(client);
+        let mut reader = BufReader::new(read);
+        let mut replies = Vec::new();
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting).await.unwrap();
+        let mut send = async |line: &str, replies: &mut Vec<String>| {
+            write.write_all(line.as_bytes()).await.unwrap();
+            write.write_all(b"\r\n").await.unwrap();
+            let mut got = String::new();
+            loop {
+                got.clear();
+                tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut got))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                replies.push(got.trim_end().to_owned());
+                if got.as_bytes().get(3) != Some(&b'-') {
+                    break;
+                }
+            }
+        };
+        for l in [
+            "EHLO c.test",
+            &plain(),
+            "MAIL FROM:<alice@example.com>",
+            "RCPT TO:<bob@example.org>",
+            "DATA",
+        ] {
+            send(l, &mut replies).await;
+        }
+        store.close().await;
+        send("hello\r\n.", &mut replies).await;
+        send("QUIT", &mut replies).await;
+        replies
+    };
+    let ((), replies) = tokio::join!(serve, talk);
+    assert!(has(&replies, "451 4.3.0"), "{replies:?}");
+    assert!(!has(&replies, "250 2.0.0 Ok: queued"), "{replies:?}");
+    let spooled: Vec<_> = std::fs::read_dir(f.data_dir.join("spool"))
+        .unwrap()
+        .collect();
+    assert!(spooled.is_empty(), "orphan spool files left: {spooled:?}");
+}
