@@ -126,6 +126,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         "RSET" => no_args(Command::Rset),
         // RFC 5321 4.1.1.9: NOOP may carry a string, which is ignored.
         "NOOP" => Ok(Command::Noop),
+        // RFC 5321 4.1.1.6: VRFY takes a string.
+        "VRFY" if rest.trim().is_empty() => Err(ParseError::Syntax("Syntax: VRFY <address>")),
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
@@ -364,6 +366,12 @@ mod tests {
         );
         assert_eq!(parse_command(b"BDAT x"), Err(ParseError::BadBdat));
         assert_eq!(parse_command(b"BDAT 1 FIRST"), Err(ParseError::BadBdat));
+    }
+
+    #[test]
+    fn vrfy_needs_an_argument() {
+        assert_eq!(parse_command(b"VRFY bob"), Ok(Command::Vrfy));
+        assert!(matches!(parse_command(b"VRFY"), Err(ParseError::Syntax(_))));
     }
 
     #[test]

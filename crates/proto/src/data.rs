@@ -107,6 +107,39 @@ impl BodyDecoder {
         out.extend_from_slice(bytes);
     }
 
+    /// A run of bytes that are neither CR nor LF. Errors are attributed to
+    /// the first offending byte exactly as if the run came one byte at a
+    /// time (line limit checked before size for the same byte), so the reply
+    /// never depends on how the input was split into reads.
+    fn ordinary_run(&mut self, out: &mut Vec<u8>, run: &[u8]) {
+        let n = run.len();
+        if self.error.is_none() {
+            let room_line = self.max_line.saturating_sub(self.line_len);
+            let room_size = self.max_size.saturating_sub(self.size);
+            if room_line < n && (room_line as u64) <= room_size {
+                self.fail(BodyError::LineTooLong);
+            } else if room_size < n as u64 {
+                self.fail(BodyError::TooBig);
+            } else {
+                self.size += n as u64;
+                out.extend_from_slice(run);
+            }
+        }
+        self.line_len += n;
+    }
+
+    /// End of a BDAT chunk stream (LAST): a trailing bare CR is refused; a
+    /// final line without CRLF gets one, within the size limit.
+    pub fn finish_chunks(&mut self, out: &mut Vec<u8>) {
+        match self.st {
+            St::Cr => self.fail(BodyError::BareLineEnding),
+            St::Mid | St::Dot | St::DotCr => self.emit(out, b"\r\n"),
+            St::LineStart => {}
+        }
+        self.st = St::LineStart;
+        self.line_len = 0;
+    }
+
     fn count(&mut self, n: usize) {
         self.line_len += n;
         if self.line_len > self.max_line {
@@ -123,7 +156,8 @@ impl BodyDecoder {
             match self.st {
                 St::LineStart | St::Mid => {
                     if self.st == St::LineStart && b == b'.' && self.dot_stuffing {
-                        self.count(1);
+                        // The transparency dot is not content: it does not
+                        // count toward the line limit (RFC 5321 4.5.3.1.6).
                         self.st = St::Dot;
                         continue;
                     }
@@ -134,8 +168,7 @@ impl BodyDecoder {
                         end += 1;
                     }
                     if end > start {
-                        self.count(end - start);
-                        self.emit(out, &input[start..end]);
+                        self.ordinary_run(out, &input[start..end]);
                         i = end;
                         self.st = St::Mid;
                         continue;

@@ -363,7 +363,7 @@ impl Reply {
         r(
             554,
             (5, 6, 0),
-            "Message rejected: line longer than 1000 octets (RFC 5321 4.5.3.1.6)",
+            "Message rejected: text line too long (RFC 5321 4.5.3.1.6)",
         )
     }
     pub fn internal_error() -> Reply {

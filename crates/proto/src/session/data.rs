@@ -187,14 +187,18 @@ impl Session {
             // RFC 3030 2: a failed chunk fails the transaction.
             return self.finish_message(Some(e));
         }
-        let size = decoder.size();
         if !last {
+            let size = decoder.size();
             return self.reply(Reply::chunk_received(size));
         }
-        if decoder.ends_mid_line() {
-            // Content must end with CRLF for later relay with DATA.
-            self.pending
-                .push_back(Action::MessageData(b"\r\n".to_vec()));
+        // Content must end with CRLF for later relay with DATA.
+        let mut tail = Vec::new();
+        decoder.finish_chunks(&mut tail);
+        if let Some(e) = decoder.error() {
+            return self.finish_message(Some(e));
+        }
+        if !tail.is_empty() {
+            self.pending.push_back(Action::MessageData(tail));
         }
         self.finish_message(None);
     }

@@ -74,12 +74,10 @@ pub fn auth_outcome(creds: &Credentials) -> AuthOutcome {
 /// What the scripted store knows about a recipient.
 pub fn recipient_status(mailbox: &Mailbox) -> RecipientStatus {
     match &mailbox.domain {
-        Domain::Name(d) if d == LOCAL_DOMAIN => {
-            match mailbox.local.to_ascii_lowercase().as_str() {
-                "alice" | "bob" => RecipientStatus::LocalExists,
-                _ => RecipientStatus::LocalUnknown,
-            }
-        }
+        Domain::Name(d) if d == LOCAL_DOMAIN => match mailbox.local.to_ascii_lowercase().as_str() {
+            "alice" | "bob" => RecipientStatus::LocalExists,
+            _ => RecipientStatus::LocalUnknown,
+        },
         Domain::Name(d) if d == UNAVAILABLE_DOMAIN => RecipientStatus::TemporaryFailure,
         _ => RecipientStatus::NotLocal,
     }
@@ -251,7 +249,8 @@ impl Driver {
                     self.session.tls_started();
                 }
                 Action::Authenticate(creds) => {
-                    self.events.push(Event::Authenticate(creds.username.clone()));
+                    self.events
+                        .push(Event::Authenticate(creds.username.clone()));
                     let outcome = auth_outcome(&creds);
                     self.credentials.push(creds);
                     self.session.auth_result(outcome);
@@ -295,13 +294,19 @@ impl Driver {
                     self.session.message_result(outcome);
                 }
                 Action::AbortMessage => {
-                    assert!(self.open.take().is_some(), "AbortMessage without BeginMessage");
+                    assert!(
+                        self.open.take().is_some(),
+                        "AbortMessage without BeginMessage"
+                    );
                     self.events.push(Event::AbortMessage);
                     self.aborted += 1;
                 }
             }
             if self.closed {
-                assert!(self.open.is_none(), "session closed with a message still open");
+                assert!(
+                    self.open.is_none(),
+                    "session closed with a message still open"
+                );
                 self.assert_only_close();
                 return;
             }
@@ -312,7 +317,11 @@ impl Driver {
     fn assert_only_close(&mut self) {
         for _ in 0..3 {
             let action = self.session.poll();
-            assert_eq!(action, Action::Close, "after a close the session must only return Close");
+            assert_eq!(
+                action,
+                Action::Close,
+                "after a close the session must only return Close"
+            );
         }
     }
 }
@@ -330,7 +339,11 @@ pub fn is_enhanced(s: &str) -> bool {
 /// `"250 2.1.0"` for `"250 2.1.0 Sender ok\r\n"`, `"354"` for a reply without
 /// an enhanced code. Multi-line replies: the status of the last line.
 pub fn status(reply: &str) -> String {
-    let last = reply.trim_end_matches("\r\n").rsplit("\r\n").next().unwrap_or("");
+    let last = reply
+        .trim_end_matches("\r\n")
+        .rsplit("\r\n")
+        .next()
+        .unwrap_or("");
     let code = last.get(..3).unwrap_or(last);
     let first_word = last.get(4..).unwrap_or("").split(' ').next().unwrap_or("");
     if is_enhanced(first_word) {
@@ -356,10 +369,7 @@ pub fn ehlo_keywords(reply: &str) -> Vec<String> {
 
 /// Whether `reply` is the EHLO or HELO response (it starts with our hostname).
 pub fn is_helo_reply(reply: &str) -> bool {
-    reply
-        .get(4..)
-        .is_some_and(|t| t.starts_with(HOSTNAME))
-        && reply.starts_with("250")
+    reply.get(4..).is_some_and(|t| t.starts_with(HOSTNAME)) && reply.starts_with("250")
 }
 
 /// RFC 2034 3: the greeting and the EHLO/HELO response carry no enhanced code;
@@ -375,13 +385,23 @@ pub fn assert_enhanced_codes(replies: &[String]) {
                 bytes.len() >= 4 && bytes[..3].iter().all(u8::is_ascii_digit),
                 "malformed reply line {line:?}"
             );
-            assert!(bytes[3] == b' ' || bytes[3] == b'-', "bad separator in {line:?}");
+            assert!(
+                bytes[3] == b' ' || bytes[3] == b'-',
+                "bad separator in {line:?}"
+            );
             let first_word = line[4..].split(' ').next().unwrap_or("");
             if exempt {
-                assert!(!is_enhanced(first_word), "unexpected enhanced code in {line:?}");
+                assert!(
+                    !is_enhanced(first_word),
+                    "unexpected enhanced code in {line:?}"
+                );
             } else {
                 assert!(is_enhanced(first_word), "missing enhanced code in {line:?}");
-                assert_eq!(first_word.as_bytes()[0], bytes[0], "class mismatch in {line:?}");
+                assert_eq!(
+                    first_word.as_bytes()[0],
+                    bytes[0],
+                    "class mismatch in {line:?}"
+                );
             }
         }
     }
