@@ -9,7 +9,10 @@ use portcullis_store::password::{generate_password, hash_password};
 use portcullis_store::{Account, AccountStatus, SqliteStore, Store, validate};
 use zeroize::Zeroizing;
 
-use crate::common::{format_time, open_store, print_table, store_error};
+use crate::common::{
+    format_time, known_plan, open_store, print_table, store_error, undefined_plan_warning,
+};
+use crate::usage;
 
 /// Shortest password accepted from stdin, in characters.
 const MIN_PASSWORD_CHARS: usize = 8;
@@ -30,9 +33,10 @@ enum AccountCommand {
     Add {
         /// Login and sending address, e.g. user@example.com.
         email: String,
-        /// Plan (sending limits) for the account.
-        #[arg(long, value_name = "NAME", default_value = "default")]
-        plan: String,
+        /// Plan (sending limits) for the account, from `portcullis plan list`
+        /// [default: the config's default_plan].
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
         /// Read the password from the first line of stdin instead of generating one.
         #[arg(long)]
         password_stdin: bool,
@@ -41,6 +45,15 @@ enum AccountCommand {
     List,
     /// Show one account.
     Show { email: String },
+    /// Move an account to another plan; applies at once, also to open sessions.
+    SetPlan {
+        email: String,
+        /// A plan from `portcullis plan list`.
+        plan: String,
+    },
+    /// Emails sent in the last hour and 24 hours against the plan's limits,
+    /// and when the next slot frees if a limit is reached.
+    Usage { email: String },
     /// Set a new password, read from the first line of stdin.
     Passwd {
         email: String,
@@ -68,20 +81,30 @@ pub async fn run(args: AccountArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store = open_store(config).await?;
-    let result = dispatch(args.command, &store).await;
+    let result = dispatch(args.command, &store, config).await;
     store.close().await;
     result
 }
 
-async fn dispatch(command: AccountCommand, store: &SqliteStore) -> anyhow::Result<()> {
+async fn dispatch(
+    command: AccountCommand,
+    store: &SqliteStore,
+    config: &Config,
+) -> anyhow::Result<()> {
     match command {
         AccountCommand::Add {
             email,
             plan,
             password_stdin,
-        } => add(store, &email, &plan, password_stdin).await,
+        } => {
+            let plan = plan.as_deref().unwrap_or(&config.default_plan);
+            let (plan, _) = known_plan(config, plan)?;
+            add(store, &email, plan, password_stdin).await
+        }
         AccountCommand::List => list(store).await,
-        AccountCommand::Show { email } => show(store, &email).await,
+        AccountCommand::Show { email } => show(store, config, &email).await,
+        AccountCommand::SetPlan { email, plan } => set_plan(store, config, &email, &plan).await,
+        AccountCommand::Usage { email } => usage::account_usage(store, config, &email).await,
         AccountCommand::Passwd { email, .. } => passwd(store, &email).await,
         AccountCommand::Disable { email } => {
             set_status(store, &email, AccountStatus::Disabled).await
@@ -108,8 +131,6 @@ async fn add(
     // Check everything cheap before reading stdin or spending time on hashing.
     let (address, domain) =
         validate::normalize_account_address(email).map_err(|e| store_error("account", e))?;
-    let plan =
-        validate::normalize_plan(plan).map_err(|e| anyhow!("--plan: {}", invalid_text(e)))?;
     if store
         .account(&address)
         .await
@@ -130,7 +151,7 @@ async fn add(
     };
     let hash = hash(&password).await?;
     let account = store
-        .add_account(&address, &hash, &plan)
+        .add_account(&address, &hash, plan)
         .await
         .map_err(|e| store_error("account", e))?;
 
@@ -172,13 +193,44 @@ async fn list(store: &SqliteStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn show(store: &SqliteStore, email: &str) -> anyhow::Result<()> {
+async fn show(store: &SqliteStore, config: &Config, email: &str) -> anyhow::Result<()> {
     let account = find(store, email).await?;
     println!("address: {}", account.address);
     println!("status:  {}", account.status.as_str());
-    println!("plan:    {}", account.plan);
+    match config.plan(&account.plan) {
+        Some(plan) => println!(
+            "plan:    {} ({} emails/hour)",
+            account.plan, plan.emails_per_hour
+        ),
+        None => println!(
+            "plan:    {} (not defined in the configuration)",
+            account.plan
+        ),
+    }
     println!("created: {}", format_time(account.created_at));
     println!("updated: {}", format_time(account.updated_at));
+    if config.plan(&account.plan).is_none() {
+        eprintln!("{}", undefined_plan_warning(config, &account.plan));
+    }
+    Ok(())
+}
+
+async fn set_plan(
+    store: &SqliteStore,
+    config: &Config,
+    email: &str,
+    plan: &str,
+) -> anyhow::Result<()> {
+    let address = normalize(email)?;
+    let (name, plan) = known_plan(config, plan)?;
+    store
+        .set_account_plan(&address, name)
+        .await
+        .map_err(|e| store_error("account", e))?;
+    println!(
+        "Plan of {address} is now {name} ({} emails/hour)",
+        plan.emails_per_hour
+    );
     Ok(())
 }
 
@@ -219,13 +271,6 @@ async fn find(store: &SqliteStore, email: &str) -> anyhow::Result<Account> {
 
 fn normalize(email: &str) -> anyhow::Result<String> {
     validate::normalize_address(email).map_err(|e| store_error("account", e))
-}
-
-fn invalid_text(error: portcullis_store::StoreError) -> String {
-    match error {
-        portcullis_store::StoreError::Invalid(message) => message,
-        other => other.to_string(),
-    }
 }
 
 /// Argon2id is deliberately slow: keep it off the async worker threads.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
-use portcullis_server::config::{Config, LogFormat};
+use portcullis_server::config::{Config, LogFormat, Plan};
 use portcullis_store::{SqliteStore, StoreError};
 
 /// File name of the SQLite database inside the data dir.
@@ -142,5 +142,100 @@ pub fn plural(count: usize, noun: &str) -> String {
         format!("{count} {noun}")
     } else {
         format!("{count} {noun}s")
+    }
+}
+
+/// The plan called `name` (surrounding whitespace ignored) if the
+/// configuration defines it; otherwise an error listing the known plans.
+pub fn known_plan<'c>(config: &'c Config, name: &str) -> anyhow::Result<(&'c str, &'c Plan)> {
+    let name = name.trim();
+    config
+        .plans
+        .get_key_value(name)
+        .map(|(name, plan)| (name.as_str(), plan))
+        .ok_or_else(|| {
+            anyhow!(
+                "unknown plan {name:?} (known plans: {})",
+                config.plan_names()
+            )
+        })
+}
+
+/// The warning for an account whose plan the configuration does not define
+/// (the server refuses its mail with a temporary error until that is fixed).
+pub fn undefined_plan_warning(config: &Config, plan: &str) -> String {
+    format!(
+        "warning: plan {plan:?} is not defined in the configuration (known plans: {}); \
+         the server refuses mail from accounts on it until [plans.{plan}] is defined or \
+         they are moved with `portcullis account set-plan`",
+        config.plan_names()
+    )
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Unix milliseconds as RFC 3339 UTC, rounded up to the whole second (so a
+/// "free at" time is never shown earlier than it is).
+pub fn format_time_ms(unix_ms: i64) -> String {
+    format_time(unix_ms.saturating_add(999).div_euclid(1000))
+}
+
+/// A wait in milliseconds as `12m30s`, rounded up to the whole second
+/// (`1h`, `2m5s`, `1s`; at least `1s`).
+pub fn format_wait(ms: i64) -> String {
+    let secs = u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1);
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits() {
+        assert_eq!(format_wait(0), "1s");
+        assert_eq!(format_wait(-5), "1s");
+        assert_eq!(format_wait(1), "1s");
+        assert_eq!(format_wait(1000), "1s");
+        assert_eq!(format_wait(1001), "2s");
+        assert_eq!(format_wait(750_000), "12m30s");
+        assert_eq!(format_wait(3_600_000), "1h");
+        assert_eq!(format_wait(3_725_000), "1h2m5s");
+    }
+
+    #[test]
+    fn times_round_up() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time_ms(1), "1970-01-01T00:00:01Z");
+        assert_eq!(format_time_ms(1000), "1970-01-01T00:00:01Z");
+        assert_eq!(format_time_ms(-1), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn plans_are_looked_up_by_name() {
+        let config = Config::default_config();
+        let (name, plan) = known_plan(&config, " premium ").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((name, plan.emails_per_hour), ("premium", 3000));
+        let err = known_plan(&config, "gold").err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("unknown plan \"gold\" (known plans: premium, professional, standard, trial)")
+        );
+        assert!(known_plan(&config, "Premium").is_err());
     }
 }

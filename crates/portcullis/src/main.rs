@@ -6,8 +6,10 @@ mod common;
 mod config;
 mod domain;
 mod logging;
+mod plan;
 mod queue;
 mod serve;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,10 @@ enum Command {
     Account(account::AccountArgs),
     /// Manage local domains (mail for them is accepted on the smtp listener).
     Domain(domain::DomainArgs),
+    /// Show the sending plans (limits per account).
+    Plan(plan::PlanArgs),
+    /// Report sending usage across accounts.
+    Usage(usage::UsageArgs),
     /// Inspect the outgoing queue.
     Queue(queue::QueueArgs),
     /// Validate or print the configuration.
@@ -66,6 +72,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args, config).await,
         Command::Account(args) => account::run(args, &config).await,
         Command::Domain(args) => domain::run(args, &config).await,
+        Command::Plan(args) => plan::run(args, &config).await,
+        Command::Usage(args) => usage::run(args, &config).await,
         Command::Queue(args) => queue::run(args, &config).await,
         Command::Config(args) => config::run(args, &cli.global, &config),
     }

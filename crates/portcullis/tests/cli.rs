@@ -2,105 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use common::{command, finish, run, run_stdin};
 use tempfile::TempDir;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "expected success\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    /// Exit code 1 and exactly one `error:` line naming `needle`.
-    fn fails_naming(self, needle: &str) -> Run {
-        assert_eq!(
-            self.code, 1,
-            "expected exit 1\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        let errors: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
-        assert_eq!(
-            errors.len(),
-            1,
-            "expected one error line, stderr: {}",
-            self.stderr
-        );
-        assert!(
-            errors[0].contains(needle),
-            "error line should name {needle:?}: {}",
-            errors[0]
-        );
-        self
-    }
-}
-
-fn command(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    for var in [
-        "PORTCULLIS_DATA_DIR",
-        "PORTCULLIS_CONFIG",
-        "PORTCULLIS_SMTP",
-        "PORTCULLIS_SUBMISSION",
-        "PORTCULLIS_SUBMISSIONS",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.arg("--data-dir").arg(data_dir);
-    cmd
-}
-
-fn finish(output: Output) -> Run {
-    Run {
-        code: output.status.code().expect("exited normally"),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
-}
-
-fn run(dir: &TempDir, args: &[&str]) -> Run {
-    finish(
-        command(dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap(),
-    )
-}
-
-fn run_stdin(dir: &TempDir, args: &[&str], stdin: &str) -> Run {
-    let mut child = command(dir.path())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    finish(child.wait_with_output().unwrap())
-}
 
 #[test]
 fn account_add_generates_a_password_and_adds_the_domain() {
@@ -146,7 +54,7 @@ fn account_lifecycle() {
             "alice@example.org",
             "--password-stdin",
             "--plan",
-            "pro",
+            "premium",
         ],
         "correct horse battery\n",
     )
@@ -161,7 +69,7 @@ fn account_lifecycle() {
         assert!(lines[0].contains(header), "{}", lines[0]);
     }
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(row[..3], ["alice@example.org", "active", "pro"]);
+    assert_eq!(row[..3], ["alice@example.org", "active", "premium"]);
     assert!(
         row[3].ends_with('Z') && row[3].contains('T'),
         "RFC 3339 UTC: {}",
@@ -170,7 +78,11 @@ fn account_lifecycle() {
 
     let show = run(&dir, &["account", "show", "ALICE@example.org"]).ok();
     assert!(show.stdout.contains("alice@example.org"), "{}", show.stdout);
-    assert!(show.stdout.contains("pro"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("plan:    premium (3000 emails/hour)"),
+        "{}",
+        show.stdout
+    );
     assert!(
         !show.stdout.contains("argon2"),
         "never print the hash: {}",

@@ -16,5 +16,6 @@ pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use reply::{Enhanced, Reply};
 pub use sasl::{Credentials, Mechanism, Secret};
 pub use session::{
-    Action, AuthOutcome, EnqueueOutcome, Envelope, RecipientStatus, Role, Session, SessionConfig,
+    Action, AuthOutcome, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus, Role, Session,
+    SessionConfig,
 };

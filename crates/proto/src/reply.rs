@@ -319,6 +319,31 @@ impl Reply {
     pub fn unknown_user() -> Reply {
         r(550, (5, 1, 1), "Recipient address rejected: user unknown")
     }
+    /// Plan limit reached (issue 5): temporary, says when to retry.
+    pub fn sending_limit(plan: &str, limit: u32, period: &str, retry_in: &str) -> Reply {
+        owned(
+            451,
+            (4, 7, 1),
+            format!(
+                "Sending limit reached for plan {plan} ({limit}/{period}); try again in {retry_in}"
+            ),
+        )
+    }
+    /// Per-IP message rate on the MX listener exceeded.
+    pub fn message_rate_limited(retry_in: &str) -> Reply {
+        owned(
+            451,
+            (4, 7, 1),
+            format!("Too many messages from your address; try again in {retry_in}"),
+        )
+    }
+    pub fn connection_rate_limited() -> Reply {
+        r(
+            421,
+            (4, 7, 0),
+            "Too many connections from your address recently; try again later",
+        )
+    }
     pub fn too_many_recipients() -> Reply {
         r(452, (4, 5, 3), "Too many recipients")
     }

@@ -11,15 +11,20 @@
 mod raw;
 mod units;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use raw::{
-    DurationValue, RawConfig, RawListener, RawListeners, RawLog, RawSecurity, RawTls, SizeValue,
+    DurationValue, RawConfig, RawListener, RawListeners, RawLog, RawPlan, RawSecurity, RawThrottle,
+    RawTls, RawUsage, SizeValue,
 };
+
+pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// What every value of a `*_secret` key prints as in [`Config::to_toml_redacted`].
 pub const REDACTED: &str = "<redacted>";
@@ -35,6 +40,51 @@ pub struct Config {
     pub tls: TlsConfig,
     pub listeners: Listeners,
     pub security: SecurityConfig,
+    /// Per-IP rate limits (GCRA, in memory).
+    pub throttle: ThrottleConfig,
+    /// Usage reporting and warnings.
+    pub usage: UsageConfig,
+    /// The plan of new accounts (`portcullis account add` without `--plan`);
+    /// always names an entry of [`Config::plans`].
+    pub default_plan: String,
+    /// Sending plans by name: the shipped ones ([`shipped_plans`]) with the
+    /// file's `[plans.NAME]` tables applied.
+    pub plans: BTreeMap<String, Plan>,
+}
+
+/// A sending plan: the limits of every account on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Emails (accepted recipients) per rolling 60 minutes; at least 1.
+    pub emails_per_hour: u32,
+    /// Emails per rolling 24 hours; `None` = no daily limit. When set, at
+    /// least `emails_per_hour`.
+    pub emails_per_day: Option<u32>,
+    /// Recipients per message; `None` = the listener's `max_recipients`.
+    pub max_recipients: Option<usize>,
+    /// Largest message in octets; `None` = the listener's `max_message_size`.
+    pub max_message_size: Option<u64>,
+}
+
+/// Per-client-IP rate limits. `0` disables a limit. Networks in
+/// [`SecurityConfig::trusted_networks`] are exempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// New connections per minute from one client IP, over all listeners.
+    pub connections_per_minute: u32,
+    /// Messages (MAIL commands) per minute from one client IP on the
+    /// unauthenticated smtp listener.
+    pub smtp_messages_per_minute: u32,
+    /// GCRA burst: how many events may arrive at once before the per-minute
+    /// spacing applies; at least 1.
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// Crossing this percentage of an account's hourly limit logs a warning
+    /// event (once per window); 1..=100.
+    pub warn_percent: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +210,21 @@ pub struct SecurityConfig {
     pub auth_min_duration: Duration,
     /// Failed AUTH attempts on one connection before `421` and close.
     pub max_auth_failures: u32,
+    /// Client networks exempt from the per-IP throttles (`[throttle]`).
+    /// A bare IP in the file is a /32 or /128; host bits are cleared.
+    pub trusted_networks: Vec<IpNet>,
+}
+
+impl SecurityConfig {
+    /// Whether `ip` is in one of [`SecurityConfig::trusted_networks`]. An
+    /// IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, as seen on a `[::]`
+    /// listener) is also checked as the IPv4 address it maps.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let canonical = ip.to_canonical();
+        self.trusted_networks
+            .iter()
+            .any(|net| net.contains(&ip) || net.contains(&canonical))
+    }
 }
 
 /// Why a configuration was refused. The message always names the file or key.
@@ -209,6 +274,63 @@ const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_ERRORS: u32 = 10;
 const DEFAULT_AUTH_MIN_DURATION: Duration = Duration::from_millis(250);
 const DEFAULT_MAX_AUTH_FAILURES: u32 = 3;
+const DEFAULT_CONNECTIONS_PER_MINUTE: u32 = 600;
+const DEFAULT_SMTP_MESSAGES_PER_MINUTE: u32 = 30;
+const DEFAULT_BURST: u32 = 50;
+const DEFAULT_WARN_PERCENT: u32 = 90;
+/// The plan of new accounts unless `default_plan` says otherwise.
+pub const DEFAULT_PLAN: &str = "standard";
+/// Longest plan name, in characters (all ASCII).
+pub const MAX_PLAN_NAME_LEN: usize = 64;
+/// Smallest `max_message_size` a plan may set, in octets.
+pub const MIN_PLAN_MESSAGE_SIZE: u64 = 1024;
+
+/// The plans every installation has unless the file overrides them: the
+/// market's usual tiers by emails per hour, with no daily limit and the
+/// listeners' per-message limits.
+pub fn shipped_plans() -> BTreeMap<String, Plan> {
+    [
+        ("trial", 1000),
+        ("standard", 1500),
+        ("premium", 3000),
+        ("professional", 5000),
+    ]
+    .into_iter()
+    .map(|(name, emails_per_hour)| {
+        (
+            name.to_owned(),
+            Plan {
+                emails_per_hour,
+                emails_per_day: None,
+                max_recipients: None,
+                max_message_size: None,
+            },
+        )
+    })
+    .collect()
+}
+
+/// Why `name` is not usable as a plan name: 1 to [`MAX_PLAN_NAME_LEN`]
+/// characters of `a-z`, `0-9`, `_` and `-`.
+pub fn plan_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("plan name must not be empty".to_owned());
+    }
+    if name.len() > MAX_PLAN_NAME_LEN {
+        return Some(format!(
+            "plan name must be at most {MAX_PLAN_NAME_LEN} characters"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Some(format!(
+            "invalid plan name {name:?} (use lowercase letters, digits, '_' and '-')"
+        ));
+    }
+    None
+}
 
 impl ListenerRole {
     /// The zero-config address (unprivileged ports; production uses 25/587/465).
@@ -276,8 +398,34 @@ impl Config {
             security: SecurityConfig {
                 auth_min_duration: DEFAULT_AUTH_MIN_DURATION,
                 max_auth_failures: DEFAULT_MAX_AUTH_FAILURES,
+                trusted_networks: Vec::new(),
             },
+            throttle: ThrottleConfig {
+                connections_per_minute: DEFAULT_CONNECTIONS_PER_MINUTE,
+                smtp_messages_per_minute: DEFAULT_SMTP_MESSAGES_PER_MINUTE,
+                burst: DEFAULT_BURST,
+            },
+            usage: UsageConfig {
+                warn_percent: DEFAULT_WARN_PERCENT,
+            },
+            default_plan: DEFAULT_PLAN.to_owned(),
+            plans: shipped_plans(),
         }
+    }
+
+    /// The plan called `name`, if the configuration defines it.
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.get(name)
+    }
+
+    /// The defined plan names, sorted, comma-separated (for error messages:
+    /// `premium, professional, standard, trial`).
+    pub fn plan_names(&self) -> String {
+        self.plans
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Reads and validates the file at `path`, or returns the defaults when
@@ -343,6 +491,7 @@ impl Config {
         let RawSecurity {
             auth_min_duration,
             max_auth_failures,
+            trusted_networks,
         } = raw.security;
         if let Some(value) = auth_min_duration {
             config.security.auth_min_duration =
@@ -350,6 +499,37 @@ impl Config {
         }
         if let Some(value) = max_auth_failures {
             config.security.max_auth_failures = value;
+        }
+        if let Some(networks) = trusted_networks {
+            config.security.trusted_networks = networks
+                .iter()
+                .enumerate()
+                .map(|(i, text)| parse_network(&format!("security.trusted_networks[{i}]"), text))
+                .collect::<Result<_, _>>()?;
+        }
+        let RawThrottle {
+            connections_per_minute,
+            smtp_messages_per_minute,
+            burst,
+        } = raw.throttle;
+        if let Some(value) = connections_per_minute {
+            config.throttle.connections_per_minute = value;
+        }
+        if let Some(value) = smtp_messages_per_minute {
+            config.throttle.smtp_messages_per_minute = value;
+        }
+        if let Some(value) = burst {
+            config.throttle.burst = value;
+        }
+        let RawUsage { warn_percent } = raw.usage;
+        if let Some(value) = warn_percent {
+            config.usage.warn_percent = value;
+        }
+        for (name, raw_plan) in raw.plans {
+            resolve_plan(&mut config.plans, name, raw_plan)?;
+        }
+        if let Some(name) = raw.default_plan {
+            config.default_plan = name;
         }
         Ok(config)
     }
@@ -430,6 +610,31 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.throttle.burst < 1 {
+            return Err(ConfigError::invalid(
+                "throttle.burst",
+                "must be at least 1 (set a per-minute limit to 0 to disable it)",
+            ));
+        }
+        if !(1..=100).contains(&self.usage.warn_percent) {
+            return Err(ConfigError::invalid(
+                "usage.warn_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        for (name, plan) in &self.plans {
+            validate_plan(name, plan)?;
+        }
+        if self.plan(&self.default_plan).is_none() {
+            return Err(ConfigError::invalid(
+                "default_plan",
+                format!(
+                    "unknown plan {:?} (known plans: {})",
+                    self.default_plan,
+                    self.plan_names()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -487,9 +692,166 @@ impl Config {
                     self.security.auth_min_duration,
                 ))),
                 max_auth_failures: Some(self.security.max_auth_failures),
+                trusted_networks: Some(
+                    self.security
+                        .trusted_networks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
             },
+            throttle: RawThrottle {
+                connections_per_minute: Some(self.throttle.connections_per_minute),
+                smtp_messages_per_minute: Some(self.throttle.smtp_messages_per_minute),
+                burst: Some(self.throttle.burst),
+            },
+            usage: RawUsage {
+                warn_percent: Some(self.usage.warn_percent),
+            },
+            default_plan: Some(self.default_plan.clone()),
+            plans: self
+                .plans
+                .iter()
+                .map(|(name, plan)| {
+                    (
+                        name.clone(),
+                        RawPlan {
+                            emails_per_hour: Some(plan.emails_per_hour),
+                            emails_per_day: plan.emails_per_day,
+                            max_recipients: plan.max_recipients,
+                            max_message_size: plan
+                                .max_message_size
+                                .map(|size| SizeValue::Text(units::format_size(size))),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
+}
+
+/// Applies one `[plans.NAME]` table: overrides the named plan key by key, or
+/// adds a new plan (which must set `emails_per_hour`).
+fn resolve_plan(
+    plans: &mut BTreeMap<String, Plan>,
+    name: String,
+    raw: RawPlan,
+) -> Result<(), ConfigError> {
+    if let Some(problem) = plan_name_problem(&name) {
+        return Err(ConfigError::invalid(format!("plans.{name}"), problem));
+    }
+    let key = |field: &str| format!("plans.{name}.{field}");
+    let RawPlan {
+        emails_per_hour,
+        emails_per_day,
+        max_recipients,
+        max_message_size,
+    } = raw;
+    let max_message_size = match max_message_size {
+        None => None,
+        Some(SizeValue::Bytes(bytes)) => Some(bytes),
+        Some(SizeValue::Text(text)) => Some(units::parse_size(&text).ok_or_else(|| {
+            ConfigError::invalid(
+                key("max_message_size"),
+                format!("invalid size {text:?} (use bytes or e.g. 25MiB, 10MB, 512KiB)"),
+            )
+        })?),
+    };
+    let plan = match plans.get_mut(&name) {
+        Some(plan) => plan,
+        None => {
+            let Some(emails_per_hour) = emails_per_hour else {
+                return Err(ConfigError::invalid(
+                    key("emails_per_hour"),
+                    format!(
+                        "must be set for the new plan {name:?} (only the shipped plans {} have a default)",
+                        shipped_plans()
+                            .keys()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            plans.entry(name.clone()).or_insert(Plan {
+                emails_per_hour,
+                emails_per_day: None,
+                max_recipients: None,
+                max_message_size: None,
+            })
+        }
+    };
+    if let Some(value) = emails_per_hour {
+        plan.emails_per_hour = value;
+    }
+    if let Some(value) = emails_per_day {
+        plan.emails_per_day = Some(value);
+    }
+    if let Some(value) = max_recipients {
+        plan.max_recipients = Some(value);
+    }
+    if let Some(value) = max_message_size {
+        plan.max_message_size = Some(value);
+    }
+    Ok(())
+}
+
+fn validate_plan(name: &str, plan: &Plan) -> Result<(), ConfigError> {
+    if let Some(problem) = plan_name_problem(name) {
+        return Err(ConfigError::invalid(format!("plans.{name}"), problem));
+    }
+    let key = |field: &str| format!("plans.{name}.{field}");
+    if plan.emails_per_hour < 1 {
+        return Err(ConfigError::invalid(
+            key("emails_per_hour"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(per_day) = plan.emails_per_day
+        && per_day < plan.emails_per_hour
+    {
+        return Err(ConfigError::invalid(
+            key("emails_per_day"),
+            format!(
+                "must be at least emails_per_hour ({}) when set",
+                plan.emails_per_hour
+            ),
+        ));
+    }
+    if plan.max_recipients == Some(0) {
+        return Err(ConfigError::invalid(
+            key("max_recipients"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(size) = plan.max_message_size
+        && size < MIN_PLAN_MESSAGE_SIZE
+    {
+        return Err(ConfigError::invalid(
+            key("max_message_size"),
+            format!("must be at least {MIN_PLAN_MESSAGE_SIZE} (1KiB)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A trusted network: CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare IP
+/// (a /32 or /128). Host bits are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
+fn parse_network(key: &str, text: &str) -> Result<IpNet, ConfigError> {
+    let trimmed = text.trim();
+    let parsed = if trimmed.contains('/') {
+        trimmed.parse::<IpNet>().ok().map(|net| net.trunc())
+    } else {
+        trimmed.parse::<IpAddr>().ok().map(IpNet::from)
+    };
+    parsed.ok_or_else(|| {
+        ConfigError::invalid(
+            key,
+            format!(
+                "invalid network {text:?} (use an IP address or CIDR, e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)"
+            ),
+        )
+    })
 }
 
 fn resolve_listener(listener: &mut ListenerConfig, raw: RawListener) -> Result<(), ConfigError> {

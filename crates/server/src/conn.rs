@@ -16,8 +16,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 use crate::auth::AuthService;
-use crate::config::ListenerConfig;
+use crate::config::{Config, ListenerConfig};
+use crate::quota::{QuotaService, now_ms};
 use crate::spool::{Origin, Spool, SpoolWriter};
+use crate::throttle::{Admission, Gcra, human_duration};
 use crate::tls::TlsManager;
 
 /// A byte stream a session can run on: TCP, TLS over TCP, or an in-memory duplex in tests.
@@ -33,6 +35,12 @@ pub(crate) struct Shared {
     pub hostname: String,
     pub max_auth_failures: u32,
     pub shutdown: watch::Receiver<bool>,
+    pub config: Arc<Config>,
+    pub quota: QuotaService,
+    /// Per-IP messages per minute on the unauthenticated smtp listener.
+    pub mail_rate: Option<Gcra>,
+    /// Per-IP new connections per minute, all listeners.
+    pub connection_rate: Option<Gcra>,
 }
 
 /// How a session ended (for the log).
@@ -83,6 +91,8 @@ struct Driver {
     tls_info: Option<String>,
     spool: Option<SpoolWriter>,
     deadline: Instant,
+    /// Plan reservations of the open transaction: (account, timestamps).
+    reserved: Option<(String, Vec<i64>)>,
 }
 
 /// Runs one session to completion on `io`. `tls_info` is set when the stream
@@ -104,12 +114,14 @@ pub(crate) async fn serve(
         out: Vec::with_capacity(1024),
         tls_info,
         spool: None,
+        reserved: None,
     };
     session.greeting().write_to(&mut driver.out);
     let end = driver.run(&mut session).await;
     if let Some(w) = driver.spool.take() {
         driver.shared.spool.abort(w).await;
     }
+    driver.release_quota();
     if let Some(mut io) = driver.io.take() {
         let _ = timeout(Duration::from_secs(5), io.shutdown()).await;
     }
@@ -148,7 +160,31 @@ impl Driver {
                 }
                 Action::Authenticate(creds) => {
                     let outcome = self.shared.auth.authenticate(creds, self.peer.ip()).await;
+                    if let portcullis_proto::AuthOutcome::Success { user } = &outcome
+                        && let Ok((_, plan)) = self.shared.quota.plan_of(user).await
+                    {
+                        session.set_account_limits(plan.max_recipients, plan.max_message_size);
+                    }
                     session.auth_result(outcome);
+                }
+                Action::ReserveQuota { user } => {
+                    let (outcome, grant) = self.shared.quota.reserve(&user, now_ms()).await;
+                    if let Some(grant) = grant {
+                        session.set_account_limits(grant.max_recipients, grant.max_message_size);
+                        match &mut self.reserved {
+                            Some((u, stamps)) if *u == user => stamps.push(grant.at_ms),
+                            _ => {
+                                self.release_quota();
+                                self.reserved = Some((user, vec![grant.at_ms]));
+                            }
+                        }
+                    }
+                    session.quota_result(outcome);
+                }
+                Action::ReleaseQuota => self.release_quota(),
+                Action::CheckMailRate => {
+                    let outcome = self.check_mail_rate();
+                    session.mail_rate_result(outcome);
                 }
                 Action::CheckRecipient(mailbox) => {
                     let status = check_recipient(&*self.shared.store, &mailbox).await;
@@ -171,10 +207,19 @@ impl Driver {
                     }
                 }
                 Action::EndMessage => {
+                    let usage = self
+                        .reserved
+                        .as_ref()
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default();
                     let outcome = match self.spool.take() {
-                        Some(w) => self.shared.spool.commit(w, &self.shared.store).await,
+                        Some(w) => self.shared.spool.commit(w, &self.shared.store, usage).await,
                         None => portcullis_proto::EnqueueOutcome::TemporaryFailure,
                     };
+                    if let portcullis_proto::EnqueueOutcome::Queued { .. } = outcome {
+                        // Now durable in usage_events: they stay counted.
+                        self.reserved = None;
+                    }
                     session.message_result(outcome);
                 }
                 Action::AbortMessage => {
@@ -182,6 +227,31 @@ impl Driver {
                         self.shared.spool.abort(w).await;
                     }
                 }
+            }
+        }
+    }
+
+    fn release_quota(&mut self) {
+        if let Some((user, stamps)) = self.reserved.take() {
+            self.shared.quota.release(&user, &stamps);
+        }
+    }
+
+    fn check_mail_rate(&self) -> portcullis_proto::QuotaOutcome {
+        let ip = self.peer.ip();
+        let Some(gcra) = &self.shared.mail_rate else {
+            return portcullis_proto::QuotaOutcome::Granted;
+        };
+        if self.shared.config.security.is_trusted(ip) {
+            return portcullis_proto::QuotaOutcome::Granted;
+        }
+        match gcra.check(ip, now_ms()) {
+            Admission::Allowed => portcullis_proto::QuotaOutcome::Granted,
+            Admission::Limited { retry_after_ms } => {
+                tracing::info!(client_ip = %ip, "message rate limit reached");
+                portcullis_proto::QuotaOutcome::Refused(Reply::message_rate_limited(
+                    &human_duration(retry_after_ms),
+                ))
             }
         }
     }

@@ -7,9 +7,12 @@
 pub mod auth;
 pub mod config;
 mod conn;
+pub mod quota;
 mod server;
 pub mod spool;
+pub mod throttle;
 pub mod tls;
+pub mod usage;
 
 pub use conn::Io;
 pub use server::{Server, ServerError, TlsReloader};

@@ -20,7 +20,9 @@ use tracing::Instrument;
 use crate::auth::AuthService;
 use crate::config::{Config, ListenerConfig, ListenerRole};
 use crate::conn::{self, Io, Shared};
+use crate::quota::{QuotaService, now_ms};
 use crate::spool::Spool;
+use crate::throttle::{Admission, Gcra};
 use crate::tls::{TlsError, TlsManager};
 
 /// How long open sessions may take to finish after shutdown is requested.
@@ -42,6 +44,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot load sending usage from the store: {0}")]
+    Usage(portcullis_store::StoreError),
 }
 
 pub(crate) fn proto_role(role: ListenerRole) -> Role {
@@ -100,7 +104,15 @@ impl Server {
             listeners.push((Arc::new(l.clone()), socket));
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let quota = QuotaService::load(Arc::clone(&store), Arc::clone(&config))
+            .await
+            .map_err(ServerError::Usage)?;
+        let throttle = &config.throttle;
         let shared = Arc::new(Shared {
+            quota,
+            mail_rate: Gcra::per_minute(throttle.smtp_messages_per_minute, throttle.burst),
+            connection_rate: Gcra::per_minute(throttle.connections_per_minute, throttle.burst),
+            config: Arc::clone(&config),
             auth: AuthService::new(Arc::clone(&store), config.security.auth_min_duration),
             store,
             spool,
@@ -164,6 +176,16 @@ impl Server {
     /// sessions, lets messages in progress finish, and drains within a bound.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let mut loops = JoinSet::new();
+        let pruner = tokio::spawn({
+            let shared = Arc::clone(&self.shared);
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    shared.quota.prune().await;
+                }
+            }
+        });
         for (cfg, listener) in self.listeners {
             loops.spawn(accept_loop(listener, cfg, Arc::clone(&self.shared)));
         }
@@ -171,6 +193,7 @@ impl Server {
         tracing::info!("shutdown requested: closing listeners and draining sessions");
         let _ = self.shutdown_tx.send(true);
         while loops.join_next().await.is_some() {}
+        pruner.abort();
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -260,14 +283,31 @@ async fn connection(
     let span =
         tracing::info_span!("session", sid = %sid, listener = cfg.role.name(), client = %peer);
     async move {
+        let rate_limited = !shared.config.security.is_trusted(peer.ip())
+            && shared
+                .connection_rate
+                .as_ref()
+                .is_some_and(|g| matches!(g.check(peer.ip(), now_ms()), Admission::Limited { .. }));
         let reject = match (&permit, &slot) {
             (None, _) => Some(Reply::too_many_connections()),
             (_, None) => Some(Reply::too_many_connections_from_ip()),
+            _ if rate_limited => Some(Reply::connection_rate_limited()),
             _ => None,
         };
         if let Some(reply) = reject {
             tracing::warn!(reply = %reply, "connection refused: limit reached");
-            let _ = timeout(Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;
+            let refuse = async {
+                if cfg.role == ListenerRole::Submissions {
+                    // RFC 8314: nothing in plaintext on the implicit-TLS port.
+                    if let Ok(mut tls) = shared.tls.acceptor().accept(stream).await {
+                        let _ = tls.write_all(&reply.to_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                } else {
+                    let _ = stream.write_all(&reply.to_bytes()).await;
+                }
+            };
+            let _ = timeout(Duration::from_secs(5), refuse).await;
             return;
         }
         tracing::info!("connected");

@@ -91,7 +91,13 @@ impl Spool {
     }
 
     /// Makes the message durable and records it in the queue.
-    pub async fn commit(&self, mut w: SpoolWriter, store: &Arc<dyn Store>) -> EnqueueOutcome {
+    /// `usage_ms`: plan reservations to persist with the message (issue 5).
+    pub async fn commit(
+        &self,
+        mut w: SpoolWriter,
+        store: &Arc<dyn Store>,
+        usage_ms: Vec<i64>,
+    ) -> EnqueueOutcome {
         if let Some(e) = w.failed.take() {
             tracing::error!(error = %e, "spool write failed");
             self.discard(&w.tmp_path).await;
@@ -124,7 +130,12 @@ impl Spool {
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.to_string(),
             },
-            recipients: w.envelope.recipients.iter().map(recipient_text).collect(),
+            recipients: w
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| recipient_text(r, &w.origin.hostname))
+                .collect(),
             size: w.size,
             spool_path: Path::new("spool")
                 .join(&final_name)
@@ -133,6 +144,7 @@ impl Spool {
             auth_user: w.envelope.auth_user.clone(),
             client_ip: w.origin.client_ip.to_string(),
             received_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            usage_ms,
         };
         match store.enqueue(&message).await {
             Ok(()) => {
@@ -188,9 +200,10 @@ fn io_outcome(e: &std::io::Error) -> EnqueueOutcome {
     }
 }
 
-fn recipient_text(r: &ForwardPath) -> String {
+/// `<Postmaster>` without a domain means this host's postmaster (RFC 5321 4.5.1).
+fn recipient_text(r: &ForwardPath, hostname: &str) -> String {
     match r {
-        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Postmaster => format!("postmaster@{hostname}"),
         ForwardPath::Mailbox(m) => m.to_string(),
     }
 }
@@ -242,7 +255,10 @@ pub fn received_header(id: &str, env: &Envelope, origin: &Origin) -> String {
         h.push_str(&format!("\r\n\t({tls})"));
     }
     if let [only] = env.recipients.as_slice() {
-        h.push_str(&format!("\r\n\tfor <{}>", recipient_text(only)));
+        h.push_str(&format!(
+            "\r\n\tfor <{}>",
+            recipient_text(only, &origin.hostname)
+        ));
     }
     h.push_str(&format!(";\r\n\t{date}\r\n"));
     h

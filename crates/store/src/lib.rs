@@ -1,4 +1,5 @@
-//! Storage for Portcullis: accounts, local domains and the queue index.
+//! Storage for Portcullis: accounts, local domains, the queue index and the
+//! per-account usage events that sending plans are counted against.
 //!
 //! Owns the [`Store`] trait (the contract every backend honours, one method per
 //! operation, each documented) and the embedded SQLite backend. It must not know
@@ -90,6 +91,11 @@ pub struct NewMessage {
     pub client_ip: String,
     /// Unix seconds.
     pub received_at: i64,
+    /// Usage events to record for `auth_user` together with the message: Unix
+    /// milliseconds, one per recipient counted against the account's plan
+    /// (one accepted recipient is one email). Must be empty when `auth_user`
+    /// is `None`. Kept as given (no ordering or deduplication).
+    pub usage_ms: Vec<i64>,
 }
 
 /// A queued message as listed to admins.
@@ -128,7 +134,12 @@ pub trait Store: Send + Sync + 'static {
     /// Enables or disables login. `NotFound` if there is no such account.
     async fn set_account_status(&self, address: &str, status: AccountStatus) -> Result<()>;
 
-    /// Deletes the account. `NotFound` if there is no such account.
+    /// Changes the account's plan (trimmed and checked like `add_account`'s;
+    /// `Invalid` otherwise). `NotFound` if there is no such account.
+    async fn set_account_plan(&self, address: &str, plan: &str) -> Result<()>;
+
+    /// Deletes the account and all its usage events. `NotFound` if there is
+    /// no such account.
     async fn remove_account(&self, address: &str) -> Result<()>;
 
     /// The credential for a login, or `None` if no such account.
@@ -148,10 +159,32 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `domain` is a local domain.
     async fn is_local_domain(&self, domain: &str) -> Result<bool>;
 
-    /// Records a message in the queue. When this returns `Ok`, the record is
-    /// committed durably (it survives SIGKILL and power loss).
+    /// Records a message in the queue, and one usage event for its
+    /// `auth_user` per entry of `usage_ms`, in one transaction: either all of
+    /// it is recorded or none. When this returns `Ok`, the record is committed
+    /// durably (it survives SIGKILL and power loss) with a single commit, so
+    /// usage costs no extra sync.
+    /// Envelope sender and recipients are stored as given, only trimmed:
+    /// local parts are case-sensitive (RFC 5321 2.4) and may be quoted.
+    /// `Invalid` if the message is malformed or
+    /// `usage_ms` is non-empty without an `auth_user`; `AlreadyExists(id)` if
+    /// the id is already queued.
     async fn enqueue(&self, message: &NewMessage) -> Result<()>;
 
     /// All queued messages, oldest first.
     async fn list_queue(&self) -> Result<Vec<QueuedMessage>>;
+
+    /// The account's usage events (Unix milliseconds) strictly after
+    /// `since_ms`, ascending (duplicates kept). Empty for an unknown or
+    /// malformed address. Events are keyed by the normalised `auth_user` of
+    /// the enqueued message, whether or not such an account exists.
+    async fn usage_since(&self, account: &str, since_ms: i64) -> Result<Vec<i64>>;
+
+    /// Every usage event strictly after `since_ms`, as `(account, at_ms)`
+    /// pairs ordered by account, then time (duplicates kept).
+    async fn usage_all_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>>;
+
+    /// Deletes every usage event at or before `before_ms` and returns how many
+    /// were deleted.
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64>;
 }

@@ -49,7 +49,8 @@ const MAX_CONNECTIONS: u32 = 4;
 /// for a malformed address, domain, plan or password hash (a hash must be a
 /// PHC string). Pure lookups (`account`, `credential`, `is_local_domain`)
 /// answer `None` / `false` for malformed input, since nothing malformed can
-/// be stored. `enqueue` checks and normalises the message with
+/// be stored; so do the usage reads (`usage_since` answers an empty list).
+/// `enqueue` checks and normalises the message with
 /// [`crate::validate::normalize_new_message`].
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -267,17 +268,42 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn remove_account(&self, address: &str) -> Result<()> {
+    async fn set_account_plan(&self, address: &str, plan: &str) -> Result<()> {
         let address = normalize_address(address)?;
-        let done = sqlx::query("DELETE FROM accounts WHERE address = ?")
+        let plan = normalize_plan(plan)?;
+        let done = sqlx::query("UPDATE accounts SET plan = ?, updated_at = ? WHERE address = ?")
+            .bind(&plan)
+            .bind(now())
             .bind(&address)
             .execute(&self.pool)
             .await
-            .map_err(|e| unavailable("remove_account", e))?;
+            .map_err(|e| unavailable("set_account_plan", e))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(address));
         }
         Ok(())
+    }
+
+    async fn remove_account(&self, address: &str) -> Result<()> {
+        let address = normalize_address(address)?;
+        let mut tx = self.begin_write("remove_account").await?;
+        let done = sqlx::query("DELETE FROM accounts WHERE address = ?")
+            .bind(&address)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable("remove_account", e))?;
+        if done.rows_affected() == 0 {
+            // Dropping the transaction rolls it back; nothing was changed.
+            return Err(StoreError::NotFound(address));
+        }
+        sqlx::query("DELETE FROM usage_events WHERE account = ?")
+            .bind(&address)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable("remove_account: usage", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("remove_account: commit", e))
     }
 
     async fn credential(&self, address: &str) -> Result<Option<Credential>> {
@@ -396,6 +422,17 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| unavailable("enqueue: recipient", e))?;
         }
+        // normalize_new_message refuses usage without an auth user.
+        if let Some(account) = &message.auth_user {
+            for at_ms in &message.usage_ms {
+                sqlx::query("INSERT INTO usage_events (account, at_ms) VALUES (?, ?)")
+                    .bind(account)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| unavailable("enqueue: usage", e))?;
+            }
+        }
         // With synchronous=FULL the WAL is fsynced before COMMIT returns.
         tx.commit()
             .await
@@ -438,5 +475,38 @@ impl Store for SqliteStore {
             }
         }
         Ok(queue)
+    }
+
+    async fn usage_since(&self, account: &str, since_ms: i64) -> Result<Vec<i64>> {
+        let Ok(account) = normalize_address(account) else {
+            return Ok(Vec::new());
+        };
+        sqlx::query_scalar(
+            "SELECT at_ms FROM usage_events WHERE account = ? AND at_ms > ? ORDER BY at_ms",
+        )
+        .bind(&account)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| unavailable("usage_since", e))
+    }
+
+    async fn usage_all_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT account, at_ms FROM usage_events WHERE at_ms > ? ORDER BY account, at_ms",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| unavailable("usage_all_since", e))
+    }
+
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM usage_events WHERE at_ms <= ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unavailable("prune_usage", e))?;
+        Ok(done.rows_affected())
     }
 }

@@ -172,8 +172,34 @@ pub fn normalize_plan(input: &str) -> Result<String> {
 /// recipient, and the size must fit a signed 64-bit integer. The sender is
 /// either empty (the null reverse-path; whitespace-only counts as empty) or an
 /// address, and is normalised like the recipients and `auth_user` (as
-/// [`normalize_address`]; recipient order and duplicates are kept). The id,
-/// spool path, client IP and timestamp are kept as given.
+/// [`normalize_address`]; recipient order and duplicates are kept). Usage
+/// timestamps require an `auth_user`. The id, spool path, client IP,
+/// timestamp and usage timestamps are kept as given.
+/// An envelope address as the protocol layer parsed it (RFC 5321 4.1.2).
+/// Unlike account addresses it is kept as given: the local part is
+/// case-sensitive (RFC 5321 2.4) and may be a quoted string with spaces or
+/// `@`. Only what could corrupt storage or later SMTP commands is refused.
+fn envelope_address(address: &str) -> std::result::Result<String, &'static str> {
+    let address = address.trim();
+    if address.len() > 512 {
+        return Err("address is too long");
+    }
+    if address.chars().any(|c| c.is_control()) {
+        return Err("address contains control characters");
+    }
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return Err("address has no domain");
+    };
+    if local.is_empty() || domain.is_empty() || domain.contains(char::is_whitespace) {
+        return Err("address must be local-part@domain");
+    }
+    let quoted = local.len() >= 2 && local.starts_with('"') && local.ends_with('"');
+    if !quoted && (local.contains(char::is_whitespace) || local.contains('@')) {
+        return Err("unquoted local part with whitespace or '@'");
+    }
+    Ok(address.to_owned())
+}
+
 pub fn normalize_new_message(message: &NewMessage) -> Result<NewMessage> {
     let id = &message.id;
     if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -199,17 +225,15 @@ pub fn normalize_new_message(message: &NewMessage) -> Result<NewMessage> {
     let sender = if message.sender.trim().is_empty() {
         String::new()
     } else {
-        normalize_address(&message.sender).map_err(|e| {
-            StoreError::Invalid(format!("message {id}: sender: {}", invalid_text(e)))
-        })?
+        envelope_address(&message.sender)
+            .map_err(|e| StoreError::Invalid(format!("message {id}: sender: {e}")))?
     };
     let recipients = message
         .recipients
         .iter()
         .map(|r| {
-            normalize_address(r).map_err(|e| {
-                StoreError::Invalid(format!("message {id}: recipient: {}", invalid_text(e)))
-            })
+            envelope_address(r)
+                .map_err(|e| StoreError::Invalid(format!("message {id}: recipient: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let auth_user = match &message.auth_user {
@@ -218,6 +242,11 @@ pub fn normalize_new_message(message: &NewMessage) -> Result<NewMessage> {
         })?),
         None => None,
     };
+    if auth_user.is_none() && !message.usage_ms.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "message {id}: usage needs an auth user"
+        )));
+    }
     Ok(NewMessage {
         id: id.clone(),
         sender,
@@ -227,6 +256,7 @@ pub fn normalize_new_message(message: &NewMessage) -> Result<NewMessage> {
         auth_user,
         client_ip: message.client_ip.clone(),
         received_at: message.received_at,
+        usage_ms: message.usage_ms.clone(),
     })
 }
 
@@ -343,5 +373,39 @@ mod tests {
         assert_eq!(normalize_plan(" Pro ").ok().as_deref(), Some("Pro"));
         assert!(invalid(normalize_plan(" ")));
         assert!(invalid(normalize_plan("a\nb")));
+    }
+
+    fn new_message(auth_user: Option<&str>, usage_ms: Vec<i64>) -> NewMessage {
+        NewMessage {
+            id: "M1".into(),
+            sender: "Alice@Example.com".into(),
+            recipients: vec!["Bob@Example.net".into(), "carol@example.org".into()],
+            size: 10,
+            spool_path: "spool/M1.eml".into(),
+            auth_user: auth_user.map(str::to_owned),
+            client_ip: "192.0.2.1".into(),
+            received_at: 1_700_000_000,
+            usage_ms,
+        }
+    }
+
+    #[test]
+    fn usage_needs_an_auth_user() {
+        let normalised = normalize_new_message(&new_message(
+            Some(" Alice@Example.COM "),
+            vec![1_700_000_000_500, 1_700_000_000_000],
+        ));
+        match normalised {
+            Ok(m) => {
+                assert_eq!(m.auth_user.as_deref(), Some("alice@example.com"));
+                assert_eq!(m.usage_ms, [1_700_000_000_500, 1_700_000_000_000]);
+                // Envelope addresses are kept as given (RFC 5321 2.4).
+                assert_eq!(m.recipients, ["Bob@Example.net", "carol@example.org"]);
+            }
+            Err(e) => panic!("refused: {e}"),
+        }
+        assert!(normalize_new_message(&new_message(None, vec![])).is_ok());
+        assert!(normalize_new_message(&new_message(Some("a@example.com"), vec![])).is_ok());
+        assert!(invalid(normalize_new_message(&new_message(None, vec![1]))));
     }
 }

@@ -3,8 +3,8 @@
 //! Owns the `#[tokio::test]` entry points: each runs a function of the
 //! backend-independent suite (`conformance/suite.rs`) against a real SQLite
 //! file in a temporary directory, and some check SQLite specifics (file and
-//! directory creation, WAL, schema version, two handles on one file,
-//! reopening after drop).
+//! directory creation, WAL, schema version and upgrade from version 1, two
+//! handles on one file, reopening after drop).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,6 +69,24 @@ async fn sqlite_queue() {
 }
 
 #[tokio::test]
+async fn sqlite_account_plan() {
+    let (_dir, store) = fresh().await;
+    suite_account_plan(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_usage() {
+    let (_dir, store) = fresh().await;
+    suite_usage(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_remove_account_usage() {
+    let (_dir, store) = fresh().await;
+    suite_remove_account_usage(store).await;
+}
+
+#[tokio::test]
 async fn sqlite_two_handles_same_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
@@ -112,6 +130,15 @@ async fn sqlite_reopen_keeps_data() {
             .enqueue(&message("R1", "", &["heidi@example.com"], 42))
             .await
             .unwrap();
+        store
+            .enqueue(&message_with_usage(
+                "R2",
+                "heidi@example.com",
+                &["x@example.net", "y@example.net"],
+                &[1_700_000_000_000, 1_700_000_000_001],
+            ))
+            .await
+            .unwrap();
         // Dropped without close, as a killed process would.
     }
     let store = open(&path).await;
@@ -135,9 +162,14 @@ async fn sqlite_reopen_keeps_data() {
         ["example.com", "example.org"]
     );
     let queue = store.list_queue().await.unwrap();
-    assert_eq!(queue.len(), 1);
+    assert_eq!(queue.len(), 2);
     assert_eq!(queue[0].recipients, ["heidi@example.com"]);
     assert_eq!(queue[0].sender, "");
+    assert_eq!(
+        store.usage_since("heidi@example.com", 0).await.unwrap(),
+        [1_700_000_000_000, 1_700_000_000_001]
+    );
+    assert_eq!(store.usage_all_since(0).await.unwrap().len(), 2);
 
     // A clean close and a third open also work.
     let sqlite = SqliteStore::open(&path).await.unwrap();
@@ -148,6 +180,14 @@ async fn sqlite_reopen_keeps_data() {
     ));
     let store = open(&path).await;
     assert_eq!(store.list_accounts().await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .usage_since("heidi@example.com", 0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -172,7 +212,7 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mut tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .fetch_all(&mut conn)
@@ -181,8 +221,15 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
     tables.retain(|t| !t.starts_with("sqlite_"));
     assert_eq!(
         tables,
-        ["accounts", "domains", "queue_messages", "queue_recipients"]
+        [
+            "accounts",
+            "domains",
+            "queue_messages",
+            "queue_recipients",
+            "usage_events"
+        ]
     );
+    assert_eq!(usage_indexes(&mut conn).await, usage_indexes_expected());
     // Deleting a message removes its recipients (ON DELETE CASCADE on the
     // store's connections, which enable foreign keys).
     drop(conn);
@@ -225,4 +272,129 @@ async fn sqlite_refuses_newer_schema() {
         Err(StoreError::Unavailable(msg)) => assert!(msg.contains("999"), "{msg}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+/// The indexes of `usage_events` as `(name, columns)`, sorted by name.
+async fn usage_indexes(conn: &mut sqlx::SqliteConnection) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT il.name, group_concat(ii.name, ',') \
+         FROM pragma_index_list('usage_events') AS il, pragma_index_info(il.name) AS ii \
+         GROUP BY il.name ORDER BY il.name",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+fn usage_indexes_expected() -> Vec<(String, String)> {
+    [
+        ("usage_events_by_account", "account,at_ms"),
+        ("usage_events_by_time", "at_ms"),
+    ]
+    .map(|(name, columns)| (name.to_owned(), columns.to_owned()))
+    .to_vec()
+}
+
+/// A file written by the version-1 schema (before usage events) is upgraded
+/// in place on open, keeping its data, and then works like a new one.
+#[tokio::test]
+async fn sqlite_upgrades_version_1() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::{Connection, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let h = hash("pw");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(include_str!("conformance/schema_v1.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "PRAGMA user_version = 1; \
+         INSERT INTO domains (name, created_at) VALUES ('example.com', 1); \
+         INSERT INTO queue_messages \
+             (id, sender, size, spool_path, auth_user, client_ip, received_at) \
+             VALUES ('OLD1', 'ivy@example.com', 7, 'spool/OLD1.eml', \
+                     'ivy@example.com', '192.0.2.9', 1700000000); \
+         INSERT INTO queue_recipients (message_id, position, address) \
+             VALUES ('OLD1', 0, 'x@example.net');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO accounts (address, password_hash, status, plan, created_at, updated_at) \
+         VALUES ('ivy@example.com', ?, 'active', 'basic', 1, 1)",
+    )
+    .bind(&h)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    // Two processes opening the old file at once: both succeed, the
+    // migration runs once.
+    let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(usage_indexes(&mut conn).await, usage_indexes_expected());
+    conn.close().await.unwrap();
+
+    // The old data is intact.
+    let account = a.account("ivy@example.com").await.unwrap().unwrap();
+    assert_eq!(account.plan, "basic");
+    assert_eq!(
+        b.credential("ivy@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        h
+    );
+    let queue = a.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].id, "OLD1");
+    assert_eq!(queue[0].recipients, ["x@example.net"]);
+    assert!(a.usage_all_since(i64::MIN).await.unwrap().is_empty());
+
+    // And the new operations work on it.
+    a.set_account_plan("ivy@example.com", "pro").await.unwrap();
+    a.enqueue(&message_with_usage(
+        "NEW1",
+        "ivy@example.com",
+        &["x@example.net", "y@example.net"],
+        &[100, 200],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(b.usage_since("ivy@example.com", 100).await.unwrap(), [200]);
+    drop((a, b));
+
+    // Reopening an upgraded file changes nothing.
+    let store = open(&path).await;
+    assert_eq!(
+        store
+            .account("ivy@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .plan,
+        "pro"
+    );
+    assert_eq!(
+        store.usage_since("ivy@example.com", 0).await.unwrap(),
+        [100, 200]
+    );
+    assert_eq!(store.list_queue().await.unwrap().len(), 2);
 }

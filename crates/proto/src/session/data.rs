@@ -61,7 +61,7 @@ impl Session {
         self.begin_message();
         self.pending.push_back(Action::Send(Reply::start_data()));
         self.state = State::Data(BodyDecoder::data(
-            self.cfg.max_message_size,
+            self.max_message_size(),
             self.cfg.max_text_line,
         ));
     }
@@ -111,7 +111,7 @@ impl Session {
         let sink = match self.message_may_start() {
             Err(reply) => BdatSink::Discard(reply),
             Ok(()) => {
-                let max = self.cfg.max_message_size;
+                let max = self.max_message_size();
                 let max_line = self.cfg.max_text_line;
                 let first = self.tx.as_ref().is_some_and(|t| t.bdat.is_none());
                 if first {
@@ -212,7 +212,11 @@ impl Session {
         if let Some(tx) = &mut self.tx {
             tx.message_started = false;
         }
-        self.tx = None;
+        match outcome {
+            // The driver made the plan reservations durable with the message.
+            EnqueueOutcome::Queued { .. } => self.tx = None,
+            _ => self.reset_transaction(),
+        }
         self.reply(match outcome {
             EnqueueOutcome::Queued { id } => Reply::queued(&id),
             EnqueueOutcome::TemporaryFailure => Reply::internal_error(),

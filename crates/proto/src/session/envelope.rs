@@ -7,7 +7,7 @@
 //! decided on the parsed domain; routing hints in the local part (`%`, `!`,
 //! quoted `@`) are refused for unauthenticated clients.
 
-use super::{Action, Awaiting, RecipientStatus, Role, Session, State, Transaction};
+use super::{Action, Awaiting, RecipientStatus, Role, Session, State};
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::command::MailParams;
 use crate::reply::Reply;
@@ -24,9 +24,9 @@ impl Session {
             // RFC 6409 4.3 / RFC 4954 6.
             return self.reply(Reply::auth_required());
         }
-        if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
+        if params.size.is_some_and(|s| s > self.max_message_size()) {
             // RFC 1870 6.
-            return self.reply(Reply::size_exceeded_at_mail(self.cfg.max_message_size));
+            return self.reply(Reply::size_exceeded_at_mail(self.max_message_size()));
         }
         if let ReversePath::Mailbox(m) = &from
             && m.is_utf8()
@@ -34,14 +34,7 @@ impl Session {
         {
             return self.reply(Reply::non_ascii_without_smtputf8());
         }
-        self.tx = Some(Transaction {
-            from,
-            params,
-            rcpts: Vec::new(),
-            bdat: None,
-            message_started: false,
-        });
-        self.reply(Reply::sender_ok());
+        self.open_transaction(from, params, false);
     }
 
     pub(super) fn handle_rcpt(&mut self, to: ForwardPath) {
@@ -51,7 +44,7 @@ impl Session {
         if tx.message_started {
             return self.reply(Reply::bad_sequence("RCPT not allowed after BDAT"));
         }
-        if tx.rcpts.len() >= self.cfg.max_recipients {
+        if tx.rcpts.len() >= self.max_recipients() {
             // RFC 5321 4.5.3.1.10: 452 and the client retries the rest later.
             return self.reply(Reply::too_many_recipients());
         }
@@ -105,13 +98,6 @@ impl Session {
             RecipientStatus::NotLocal => self.reply(Reply::relay_denied()),
             RecipientStatus::TemporaryFailure => self.reply(Reply::internal_error()),
         }
-    }
-
-    fn accept_recipient(&mut self, to: ForwardPath) {
-        if let Some(tx) = &mut self.tx {
-            tx.rcpts.push(to);
-        }
-        self.reply(Reply::recipient_ok());
     }
 }
 

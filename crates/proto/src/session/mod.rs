@@ -12,6 +12,7 @@ mod data;
 mod ehlo;
 mod envelope;
 mod input;
+mod quota;
 
 #[cfg(test)]
 mod tests;
@@ -82,6 +83,17 @@ pub enum Action {
     EndMessage,
     /// Discard the spool file opened by `BeginMessage`.
     AbortMessage,
+    /// Count one more email (an accepted recipient) against this account's
+    /// sending plan, then call [`Session::quota_result`]. The reservation
+    /// belongs to the current transaction: it is made durable with the
+    /// message at `EndMessage`, or given back on `ReleaseQuota`.
+    ReserveQuota { user: String },
+    /// The transaction ended without a queued message: give back every
+    /// reservation made for it.
+    ReleaseQuota,
+    /// An unauthenticated sender starts a transaction on the MX listener:
+    /// check the per-IP message rate, then call [`Session::mail_rate_result`].
+    CheckMailRate,
 }
 
 /// Result of a credential check.
@@ -107,6 +119,16 @@ pub enum RecipientStatus {
     LocalUnknown,
     /// The domain is not one of ours.
     NotLocal,
+    TemporaryFailure,
+}
+
+/// Result of a plan or rate check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    Granted,
+    /// Over a limit: the reply says which and when to retry (451 4.7.1 or 452 4.5.3).
+    Refused(Reply),
+    /// The limit could not be checked (451 4.3.0).
     TemporaryFailure,
 }
 
@@ -167,6 +189,8 @@ struct Transaction {
     bdat: Option<BodyDecoder>,
     /// `BeginMessage` was emitted (an abort must be emitted on reset).
     message_started: bool,
+    /// Plan reservations made for this transaction (released on reset).
+    quota_reserved: usize,
 }
 
 #[derive(Debug)]
@@ -189,6 +213,8 @@ enum Awaiting {
     Tls,
     Auth,
     Recipient(Mailbox),
+    Quota(ForwardPath),
+    MailRate(Box<(ReversePath, MailParams)>),
     Enqueue,
 }
 
@@ -221,6 +247,9 @@ pub struct Session {
     pending: VecDeque<Action>,
     errors: u32,
     auth_failures: u32,
+    /// Per-account overrides from the sending plan (tighter wins).
+    account_max_recipients: Option<usize>,
+    account_max_message_size: Option<u64>,
 }
 
 impl Session {
@@ -238,6 +267,8 @@ impl Session {
             pending: VecDeque::new(),
             errors: 0,
             auth_failures: 0,
+            account_max_recipients: None,
+            account_max_message_size: None,
         }
     }
 
@@ -328,8 +359,7 @@ impl Session {
 
     fn need_input(&mut self) -> Action {
         if self.eof {
-            self.abort_message();
-            self.tx = None;
+            self.reset_transaction();
             self.state = State::Closed;
             if let Some(a) = self.pending.pop_front() {
                 return a;
@@ -352,10 +382,19 @@ impl Session {
     }
 
     fn close_with(&mut self, reply: Reply) {
-        self.abort_message();
-        self.tx = None;
+        self.reset_transaction();
         self.pending.push_back(Action::SendAndClose(reply));
         self.state = State::Closed;
+    }
+
+    /// Emits `ReleaseQuota` if the transaction holds plan reservations.
+    fn release_quota(&mut self) {
+        if let Some(tx) = &mut self.tx
+            && tx.quota_reserved > 0
+        {
+            tx.quota_reserved = 0;
+            self.pending.push_back(Action::ReleaseQuota);
+        }
     }
 
     /// Emits `AbortMessage` if a spool file is open.
@@ -368,8 +407,10 @@ impl Session {
         }
     }
 
+    /// Ends the transaction without a queued message.
     fn reset_transaction(&mut self) {
         self.abort_message();
+        self.release_quota();
         self.tx = None;
     }
 
@@ -416,6 +457,8 @@ impl Session {
         self.tls = true;
         self.helo = None;
         self.auth_user = None;
+        self.account_max_recipients = None;
+        self.account_max_message_size = None;
         self.tx = None;
         self.input.clear();
         self.state = State::Command;

@@ -7,10 +7,11 @@
 #[allow(dead_code)]
 mod harness {
     use crate::address::{Domain, Mailbox};
+    use crate::reply::Reply;
     use crate::sasl::Credentials;
     use crate::session::{
-        Action, AuthOutcome, EnqueueOutcome, Envelope, RecipientStatus, Role, Session,
-        SessionConfig,
+        Action, AuthOutcome, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus, Role,
+        Session, SessionConfig,
     };
 
     include!("../../tests/common/harness.rs");
@@ -22,6 +23,7 @@ use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::command::Body;
 use crate::reply::Reply;
 use crate::sasl::Mechanism;
+use crate::session::QuotaOutcome;
 use crate::session::{Action, AuthOutcome, EnqueueOutcome, Role, Session};
 
 // ----- helpers -----
@@ -1657,6 +1659,8 @@ fn polling_while_awaiting_a_result_fails_safe() {
     let mut s = Session::new(config(Role::Mx), false);
     s.push(b"EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<alice@example.com>\r\n");
     assert!(matches!(s.poll(), Action::Send(_)));
+    assert_eq!(s.poll(), Action::CheckMailRate);
+    s.mail_rate_result(QuotaOutcome::Granted);
     assert!(matches!(s.poll(), Action::Send(_)));
     assert_eq!(
         s.poll(),
@@ -1731,4 +1735,102 @@ fn envelope_protocol_keywords() {
     assert_eq!(with(true, true, false, true).protocol(), "UTF8SMTPS");
     assert_eq!(with(true, false, true, true).protocol(), "UTF8SMTPA");
     assert_eq!(with(true, true, true, true).protocol(), "UTF8SMTPSA");
+}
+
+// ----- sending plans and rates (issue 5) -----
+
+#[test]
+fn plan_limit_refuses_the_recipient_that_would_exceed_it() {
+    let mut d = submissions_authed();
+    d.quota_limit = Some(2);
+    assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+    assert_eq!(d.say("RCPT TO:<a@example.org>"), ["250 2.1.5"]);
+    assert_eq!(d.say("RCPT TO:<b@example.org>"), ["250 2.1.5"]);
+    let r = d.push(b"RCPT TO:<c@example.org>\r\n");
+    assert_eq!(statuses(&r), ["451 4.7.1"]);
+    assert!(
+        r[0].contains("Sending limit reached for plan test (2/hour); try again in 1m"),
+        "{r:?}"
+    );
+    // The accepted ones go out normally and are committed with the message.
+    assert_eq!(d.say("DATA"), ["354"]);
+    assert_eq!(d.say("hi\r\n."), ["250 2.0.0"]);
+    assert_eq!(d.quota_committed, 2);
+    assert_eq!(d.quota_reserved, 0);
+    assert_eq!(d.quota_releases, 0);
+    assert_eq!(d.messages[0].envelope.recipients.len(), 2);
+}
+
+#[test]
+fn reservations_are_released_when_no_message_is_queued() {
+    let mut d = submissions_authed();
+    for end in ["RSET", "EHLO again.example"] {
+        assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+        assert_eq!(d.say("RCPT TO:<a@example.org>"), ["250 2.1.5"]);
+        assert_eq!(d.quota_reserved, 1);
+        d.say(end);
+        assert_eq!(d.quota_reserved, 0, "{end} must release");
+    }
+    assert_eq!(d.quota_releases, 2);
+    // A rejected message releases too.
+    d.enqueue_outcome = Some(EnqueueOutcome::TemporaryFailure);
+    assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+    assert_eq!(d.say("RCPT TO:<a@example.org>"), ["250 2.1.5"]);
+    assert_eq!(d.say("DATA"), ["354"]);
+    assert_eq!(d.say("x\r\n."), ["451 4.3.0"]);
+    assert_eq!(d.quota_releases, 3);
+    assert_eq!(d.quota_committed, 0);
+    // And so does a disconnect in the middle of a transaction.
+    d.enqueue_outcome = None;
+    assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+    assert_eq!(d.say("RCPT TO:<a@example.org>"), ["250 2.1.5"]);
+    d.eof();
+    assert_eq!(d.quota_releases, 4);
+    assert_eq!(d.quota_reserved, 0);
+}
+
+#[test]
+fn unauthenticated_mx_recipients_are_not_counted() {
+    let mut d = Driver::mx();
+    d.quota_limit = Some(0);
+    assert_eq!(d.say("EHLO c.example")[0], "250");
+    assert_eq!(d.say("MAIL FROM:<x@example.net>"), ["250 2.1.0"]);
+    assert_eq!(d.say("RCPT TO:<alice@example.com>"), ["250 2.1.5"]);
+    assert_eq!(d.mail_rate_checks, 1);
+    assert_eq!(d.quota_reserved, 0);
+}
+
+#[test]
+fn mx_message_rate_refusal_is_451_at_mail() {
+    let mut d = Driver::mx();
+    d.refuse_mail_rate = true;
+    d.say("EHLO c.example");
+    let r = d.push(b"MAIL FROM:<x@example.net>\r\n");
+    assert_eq!(statuses(&r), ["451 4.7.1"]);
+    // No transaction was opened.
+    assert_eq!(d.say("RCPT TO:<alice@example.com>"), ["503 5.5.1"]);
+    d.refuse_mail_rate = false;
+    assert_eq!(d.say("MAIL FROM:<x@example.net>"), ["250 2.1.0"]);
+}
+
+#[test]
+fn plan_limits_tighten_listener_limits() {
+    let mut d = submissions_authed();
+    d.session.set_account_limits(Some(1), Some(100));
+    assert_eq!(
+        d.say("MAIL FROM:<alice@example.com> SIZE=101"),
+        ["552 5.3.4"]
+    );
+    assert_eq!(
+        d.say("MAIL FROM:<alice@example.com> SIZE=100"),
+        ["250 2.1.0"]
+    );
+    assert_eq!(d.say("RCPT TO:<a@example.org>"), ["250 2.1.5"]);
+    assert_eq!(d.say("RCPT TO:<b@example.org>"), ["452 4.5.3"]);
+    assert_eq!(d.say("DATA"), ["354"]);
+    let body = format!("{}\r\n.", "x".repeat(200));
+    assert_eq!(d.say(&body), ["552 5.3.4"]);
+    // A plan can only tighten: larger values fall back to the listener's.
+    d.session.set_account_limits(Some(10_000), Some(u64::MAX));
+    assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
 }

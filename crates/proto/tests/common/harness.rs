@@ -4,7 +4,8 @@
 // (`tests/*.rs`) through `include!`, so it uses only the public API and names
 // the crate's types unqualified: the including module imports `Action`,
 // `AuthOutcome`, `Credentials`, `Domain`, `EnqueueOutcome`, `Envelope`,
-// `Mailbox`, `RecipientStatus`, `Role`, `Session` and `SessionConfig`.
+// `Mailbox`, `QuotaOutcome`, `RecipientStatus`, `Reply`, `Role`, `Session` and
+// `SessionConfig`.
 //
 // The driver follows the contract of `session/mod.rs`: push bytes, poll until
 // `NeedInput` / `Close` / `SendAndClose`, answering `Authenticate`,
@@ -133,6 +134,18 @@ pub struct Driver {
     pub starttls_at: Vec<usize>,
     /// How `EndMessage` is answered; `None` → `Queued { id: "Q<n>" }`.
     pub enqueue_outcome: Option<EnqueueOutcome>,
+    /// Plan limit on emails (committed + reserved); `None` = unlimited.
+    pub quota_limit: Option<usize>,
+    /// Reservations of the open transaction.
+    pub quota_reserved: usize,
+    /// Reservations made durable with a queued message.
+    pub quota_committed: usize,
+    /// `ReleaseQuota` actions seen.
+    pub quota_releases: usize,
+    /// Answer `CheckMailRate` with a refusal.
+    pub refuse_mail_rate: bool,
+    /// `CheckMailRate` actions seen.
+    pub mail_rate_checks: usize,
     open: Option<(Envelope, Vec<u8>)>,
     queued: usize,
 }
@@ -155,6 +168,12 @@ impl Driver {
             enqueue_outcome: None,
             open: None,
             queued: 0,
+            quota_limit: None,
+            quota_reserved: 0,
+            quota_committed: 0,
+            quota_releases: 0,
+            refuse_mail_rate: false,
+            mail_rate_checks: 0,
         };
         d.run(64);
         d
@@ -283,6 +302,7 @@ impl Driver {
                     let outcome = match &self.enqueue_outcome {
                         Some(o) => o.clone(),
                         None => {
+                            self.quota_committed += std::mem::take(&mut self.quota_reserved);
                             self.messages.push(Message {
                                 id: id.clone(),
                                 envelope,
@@ -292,6 +312,37 @@ impl Driver {
                         }
                     };
                     self.session.message_result(outcome);
+                }
+                Action::ReserveQuota { user } => {
+                    assert!(self.session.authenticated_user() == Some(user.as_str()));
+                    let used = self.quota_committed + self.quota_reserved;
+                    let outcome = match self.quota_limit {
+                        Some(limit) if used >= limit => QuotaOutcome::Refused(Reply::sending_limit(
+                            "test",
+                            u32::try_from(limit).unwrap_or(u32::MAX),
+                            "hour",
+                            "1m",
+                        )),
+                        _ => {
+                            self.quota_reserved += 1;
+                            QuotaOutcome::Granted
+                        }
+                    };
+                    self.session.quota_result(outcome);
+                }
+                Action::ReleaseQuota => {
+                    assert!(self.quota_reserved > 0, "ReleaseQuota without reservations");
+                    self.quota_reserved = 0;
+                    self.quota_releases += 1;
+                }
+                Action::CheckMailRate => {
+                    self.mail_rate_checks += 1;
+                    let outcome = if self.refuse_mail_rate {
+                        QuotaOutcome::Refused(Reply::message_rate_limited("1m"))
+                    } else {
+                        QuotaOutcome::Granted
+                    };
+                    self.session.mail_rate_result(outcome);
                 }
                 Action::AbortMessage => {
                     assert!(

@@ -5,8 +5,8 @@
 
 use portcullis_proto::address::{Domain, Mailbox};
 use portcullis_proto::{
-    Action, AuthOutcome, Credentials, EnqueueOutcome, Envelope, RecipientStatus, Role, Session,
-    SessionConfig,
+    Action, AuthOutcome, Credentials, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus,
+    Reply, Role, Session, SessionConfig,
 };
 
 include!("harness.rs");

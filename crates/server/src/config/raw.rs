@@ -4,6 +4,7 @@
 //! types serialize the resolved config back, so reading and printing share one
 //! list of key names.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use super::LogFormat;
 pub(super) struct RawConfig {
     pub hostname: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub default_plan: Option<String>,
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
@@ -25,6 +27,13 @@ pub(super) struct RawConfig {
     pub listeners: RawListeners,
     #[serde(default)]
     pub security: RawSecurity,
+    #[serde(default)]
+    pub throttle: RawThrottle,
+    #[serde(default)]
+    pub usage: RawUsage,
+    /// `[plans.NAME]` tables: add to or override the shipped plans by name.
+    #[serde(default)]
+    pub plans: BTreeMap<String, RawPlan>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -70,6 +79,32 @@ pub(super) struct RawListener {
 pub(super) struct RawSecurity {
     pub auth_min_duration: Option<DurationValue>,
     pub max_auth_failures: Option<u32>,
+    pub trusted_networks: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawThrottle {
+    pub connections_per_minute: Option<u32>,
+    pub smtp_messages_per_minute: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUsage {
+    pub warn_percent: Option<u32>,
+}
+
+/// One `[plans.NAME]` table. In an override of a shipped plan every key is
+/// optional; a new plan must set `emails_per_hour`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlan {
+    pub emails_per_hour: Option<u32>,
+    pub emails_per_day: Option<u32>,
+    pub max_recipients: Option<usize>,
+    pub max_message_size: Option<SizeValue>,
 }
 
 /// A duration as written ("30s", "1h30m"); parsed, with the key named in any

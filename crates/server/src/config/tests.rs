@@ -56,6 +56,36 @@ fn defaults() {
     }
     assert_eq!(c.security.auth_min_duration, Duration::from_millis(250));
     assert_eq!(c.security.max_auth_failures, 3);
+    assert!(c.security.trusted_networks.is_empty());
+    assert_eq!(
+        c.throttle,
+        ThrottleConfig {
+            connections_per_minute: 600,
+            smtp_messages_per_minute: 30,
+            burst: 50
+        }
+    );
+    assert_eq!(c.usage.warn_percent, 90);
+    assert_eq!(c.default_plan, "standard");
+    assert_eq!(c.plan_names(), "premium, professional, standard, trial");
+    for (name, per_hour) in [
+        ("trial", 1000),
+        ("standard", 1500),
+        ("premium", 3000),
+        ("professional", 5000),
+    ] {
+        assert_eq!(
+            c.plan(name),
+            Some(&Plan {
+                emails_per_hour: per_hour,
+                emails_per_day: None,
+                max_recipients: None,
+                max_message_size: None
+            }),
+            "{name}"
+        );
+    }
+    assert_eq!(c.plan("gold"), None);
     c.validate().unwrap();
     assert_eq!(ListenerRole::Smtp.name(), "smtp");
     assert_eq!(ListenerRole::Submission.name(), "submission");
@@ -107,6 +137,15 @@ max_message_size = "512KiB"
 [security]
 auth_min_duration = "1s500ms"
 max_auth_failures = 7
+trusted_networks = ["127.0.0.1", "10.0.0.0/8", "2001:db8::/32", "::1"]
+
+[throttle]
+connections_per_minute = 120
+smtp_messages_per_minute = 0
+burst = 3
+
+[usage]
+warn_percent = 75
 "#;
     let c = Config::from_toml_str(text).unwrap();
     assert_eq!(c.hostname, "mail.example.com");
@@ -138,6 +177,230 @@ max_auth_failures = 7
     assert_eq!(c.listeners.submissions.max_message_size, 512 * 1024);
     assert_eq!(c.security.auth_min_duration, Duration::from_millis(1500));
     assert_eq!(c.security.max_auth_failures, 7);
+    let nets: Vec<String> = c
+        .security
+        .trusted_networks
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        nets,
+        ["127.0.0.1/32", "10.0.0.0/8", "2001:db8::/32", "::1/128"]
+    );
+    assert_eq!(
+        c.throttle,
+        ThrottleConfig {
+            connections_per_minute: 120,
+            smtp_messages_per_minute: 0,
+            burst: 3
+        }
+    );
+    assert_eq!(c.usage.warn_percent, 75);
+}
+
+#[test]
+fn plans_override_shipped_ones_key_by_key() {
+    let c = Config::from_toml_str(
+        "[plans.standard]\nemails_per_day = 20000\nmax_message_size = \"10MiB\"\n\
+         [plans.trial]\nemails_per_hour = 10\nmax_recipients = 5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.plan("standard"),
+        Some(&Plan {
+            emails_per_hour: 1500,
+            emails_per_day: Some(20_000),
+            max_recipients: None,
+            max_message_size: Some(10 * 1024 * 1024),
+        }),
+        "unset keys keep the shipped values"
+    );
+    assert_eq!(
+        c.plan("trial"),
+        Some(&Plan {
+            emails_per_hour: 10,
+            emails_per_day: None,
+            max_recipients: Some(5),
+            max_message_size: None,
+        })
+    );
+    assert_eq!(c.plan("premium").unwrap().emails_per_hour, 3000);
+    assert_eq!(c.plans.len(), 4);
+}
+
+#[test]
+fn plans_can_be_added() {
+    let c = Config::from_toml_str(
+        "default_plan = \"bulk-2\"\n[plans.bulk-2]\nemails_per_hour = 10000\nemails_per_day = 100000\n\
+         max_recipients = 1000\nmax_message_size = 2048\n",
+    )
+    .unwrap();
+    assert_eq!(c.default_plan, "bulk-2");
+    assert_eq!(
+        c.plan("bulk-2"),
+        Some(&Plan {
+            emails_per_hour: 10_000,
+            emails_per_day: Some(100_000),
+            max_recipients: Some(1000),
+            max_message_size: Some(2048),
+        })
+    );
+    assert_eq!(
+        c.plan_names(),
+        "bulk-2, premium, professional, standard, trial"
+    );
+}
+
+#[test]
+fn new_plan_needs_emails_per_hour() {
+    let (key, message) = invalid("[plans.gold]\nemails_per_day = 5000\n");
+    assert_eq!(key, "plans.gold.emails_per_hour");
+    assert!(message.contains("must be set"), "{message}");
+    let (key, _) = invalid("[plans.gold]\n");
+    assert_eq!(key, "plans.gold.emails_per_hour");
+}
+
+#[test]
+fn plan_rules() {
+    let err = Config::from_toml_str("[plans.trial]\nemails_per_hour = 0\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plans.trial.emails_per_hour: must be at least 1"
+    );
+    let (key, message) = invalid("[plans.standard]\nemails_per_day = 1499\n");
+    assert_eq!(key, "plans.standard.emails_per_day");
+    assert!(message.contains("emails_per_hour (1500)"), "{message}");
+    // Equal is fine.
+    Config::from_toml_str("[plans.standard]\nemails_per_day = 1500\n").unwrap();
+    let (key, _) = invalid("[plans.x]\nemails_per_hour = 10\nemails_per_day = 9\n");
+    assert_eq!(key, "plans.x.emails_per_day");
+    let (key, _) = invalid("[plans.premium]\nmax_recipients = 0\n");
+    assert_eq!(key, "plans.premium.max_recipients");
+    let (key, message) = invalid("[plans.premium]\nmax_message_size = 1023\n");
+    assert_eq!(key, "plans.premium.max_message_size");
+    assert!(message.contains("at least 1024"), "{message}");
+    Config::from_toml_str("[plans.premium]\nmax_message_size = \"1KiB\"\n").unwrap();
+    let (key, message) = invalid("[plans.premium]\nmax_message_size = \"lots\"\n");
+    assert_eq!(key, "plans.premium.max_message_size");
+    assert!(message.contains("invalid size \"lots\""), "{message}");
+
+    let msg = parse_error("[plans.trial]\nemails_per_hour = -1\n");
+    assert!(msg.starts_with("plans.trial.emails_per_hour: "), "{msg}");
+    let msg = parse_error("[plans.trial]\nemails_per_hour = 5\nper_minute = 1\n");
+    assert!(msg.contains("per_minute"), "{msg}");
+    assert!(msg.contains("plans.trial"), "{msg}");
+}
+
+#[test]
+fn plan_names_are_checked() {
+    for bad in ["Gold", "gold plan", "g\u{e9}", "a.b"] {
+        let text = format!("[plans.{bad:?}]\nemails_per_hour = 10\n");
+        let (key, message) = invalid(&text);
+        assert_eq!(key, format!("plans.{bad}"));
+        assert!(message.contains("plan name"), "{message}");
+    }
+    let (key, _) = invalid("[plans.\"\"]\nemails_per_hour = 10\n");
+    assert_eq!(key, "plans.");
+    let long = "a".repeat(65);
+    let (key, message) = invalid(&format!("[plans.{long}]\nemails_per_hour = 10\n"));
+    assert_eq!(key, format!("plans.{long}"));
+    assert!(message.contains("at most 64"), "{message}");
+    let ok = "a".repeat(64);
+    Config::from_toml_str(&format!("[plans.{ok}]\nemails_per_hour = 10\n")).unwrap();
+    Config::from_toml_str("[plans.a_b-9]\nemails_per_hour = 10\n").unwrap();
+
+    // Checked in validate() too, for configs built in code.
+    let mut c = Config::default_config();
+    c.plans.insert("Bad".into(), c.plans["trial"].clone());
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "plans.Bad"));
+}
+
+#[test]
+fn default_plan_must_exist() {
+    let err = Config::from_toml_str("default_plan = \"gold\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "default_plan: unknown plan \"gold\" (known plans: premium, professional, standard, trial)"
+    );
+    let c = Config::from_toml_str("default_plan = \"trial\"\n").unwrap();
+    assert_eq!(c.default_plan, "trial");
+}
+
+#[test]
+fn trusted_networks() {
+    let c = Config::from_toml_str(
+        "[security]\ntrusted_networks = [\" 192.0.2.7 \", \"10.1.2.3/8\", \"2001:db8::/32\"]\n",
+    )
+    .unwrap();
+    let s = &c.security;
+    assert_eq!(
+        s.trusted_networks[1].to_string(),
+        "10.0.0.0/8",
+        "host bits cleared"
+    );
+    let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+    assert!(s.is_trusted(ip("192.0.2.7")));
+    assert!(!s.is_trusted(ip("192.0.2.8")));
+    assert!(s.is_trusted(ip("10.255.0.1")));
+    assert!(!s.is_trusted(ip("11.0.0.1")));
+    assert!(s.is_trusted(ip("2001:db8:1::5")));
+    assert!(!s.is_trusted(ip("2001:db9::1")));
+    // IPv4 clients seen on an IPv6 socket.
+    assert!(s.is_trusted(ip("::ffff:10.9.8.7")));
+    assert!(!s.is_trusted(ip("::ffff:11.9.8.7")));
+    assert!(
+        !Config::default_config()
+            .security
+            .is_trusted(ip("127.0.0.1"))
+    );
+
+    let c = Config::from_toml_str("[security]\ntrusted_networks = [\"::ffff:0:0/96\"]\n").unwrap();
+    assert!(c.security.is_trusted(ip("::ffff:1.2.3.4")));
+
+    for bad in [
+        "10.0.0.0/33",
+        "example.com",
+        "",
+        "10.0.0/8",
+        "::1/129",
+        "1.2.3.4/",
+    ] {
+        let text = format!("[security]\ntrusted_networks = [\"127.0.0.1\", \"::1\", {bad:?}]\n");
+        let (key, message) = invalid(&text);
+        assert_eq!(key, "security.trusted_networks[2]", "{bad}");
+        assert!(message.contains(&format!("{bad:?}")), "{message}");
+    }
+    let msg = parse_error("[security]\ntrusted_networks = \"10.0.0.0/8\"\n");
+    assert!(msg.starts_with("security.trusted_networks: "), "{msg}");
+}
+
+#[test]
+fn throttle_and_usage_rules() {
+    let c = Config::from_toml_str(
+        "[throttle]\nconnections_per_minute = 0\nsmtp_messages_per_minute = 0\n",
+    )
+    .unwrap();
+    assert_eq!(c.throttle.connections_per_minute, 0, "0 disables");
+    assert_eq!(c.throttle.smtp_messages_per_minute, 0, "0 disables");
+    let (key, _) = invalid("[throttle]\nburst = 0\n");
+    assert_eq!(key, "throttle.burst");
+    let msg = parse_error("[throttle]\nconnections_per_minute = -1\n");
+    assert!(
+        msg.starts_with("throttle.connections_per_minute: "),
+        "{msg}"
+    );
+    let msg = parse_error("[throttle]\nper_hour = 1\n");
+    assert!(msg.contains("per_hour"), "{msg}");
+
+    for bad in [0, 101] {
+        let (key, message) = invalid(&format!("[usage]\nwarn_percent = {bad}\n"));
+        assert_eq!(key, "usage.warn_percent");
+        assert_eq!(message, "must be between 1 and 100");
+    }
+    for good in [1, 100] {
+        let c = Config::from_toml_str(&format!("[usage]\nwarn_percent = {good}\n")).unwrap();
+        assert_eq!(c.usage.warn_percent, good);
+    }
 }
 
 #[test]
@@ -331,6 +594,11 @@ fn to_toml_redacted_round_trips() {
     assert!(text.contains("idle_timeout = \"5m\""), "{text}");
     assert!(text.contains("auth_min_duration = \"250ms\""), "{text}");
     assert!(
+        text.contains("[plans.standard]\nemails_per_hour = 1500\n"),
+        "{text}"
+    );
+    assert!(text.contains("default_plan = \"standard\""), "{text}");
+    assert!(
         text.find("hostname").unwrap() < text.find("[log]").unwrap(),
         "{text}"
     );
@@ -349,6 +617,31 @@ fn to_toml_redacted_round_trips() {
     custom.listeners.submissions.session_timeout = Duration::from_secs(5400);
     custom.security.auth_min_duration = Duration::ZERO;
     custom.security.max_auth_failures = 9;
+    custom.security.trusted_networks = vec![
+        "127.0.0.1/32".parse().unwrap(),
+        "10.0.0.0/8".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
+    custom.throttle = ThrottleConfig {
+        connections_per_minute: 0,
+        smtp_messages_per_minute: 7,
+        burst: 1,
+    };
+    custom.usage.warn_percent = 50;
+    custom.plans.insert(
+        "bulk".into(),
+        Plan {
+            emails_per_hour: 10_000,
+            emails_per_day: Some(50_000),
+            max_recipients: Some(500),
+            max_message_size: Some(10_000_000),
+        },
+    );
+    if let Some(trial) = custom.plans.get_mut("trial") {
+        trial.emails_per_hour = 10;
+        trial.max_message_size = Some(5 * 1024 * 1024);
+    }
+    custom.default_plan = "bulk".into();
     custom.validate().unwrap();
     let text = custom.to_toml_redacted();
     assert_eq!(Config::from_toml_str(&text).unwrap(), custom, "{text}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Parses a duration made of one or more `<integer><unit>` parts, units `ms`,
 /// `s`, `m`, `h`, `d` (e.g. "250ms", "30s", "1h30m"). Returns `None` if the text
 /// is not such a duration or overflows.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;
@@ -36,7 +36,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Formats a duration the way [`parse_duration`] reads it back, largest units
 /// first ("1h30m", "250ms", "0s"). Sub-millisecond precision is dropped.
-pub(crate) fn format_duration(duration: Duration) -> String {
+pub fn format_duration(duration: Duration) -> String {
     let mut ms = duration.as_millis();
     if ms == 0 {
         return "0s".to_owned();
@@ -66,7 +66,7 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 /// Parses a size: a plain number of bytes ("1024") or a number with a unit
 /// `B`, `KB`/`kB`, `MB`, `GB` (powers of 1000) or `KiB`, `MiB`, `GiB` (powers
 /// of 1024), optionally separated by one space ("25MiB", "10 MB").
-pub(crate) fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
@@ -83,7 +83,7 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
 
 /// Formats a size as the largest binary unit that divides it exactly
 /// ("25MiB"), or as a plain byte count.
-pub(crate) fn format_size(bytes: u64) -> String {
+pub fn format_size(bytes: u64) -> String {
     for (unit, multiplier) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes != 0 && bytes.is_multiple_of(multiplier) {
             return format!("{}{unit}", bytes / multiplier);

@@ -53,6 +53,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (message_id, position)
     );
     "#,
+    // 2: usage events (one per accepted recipient counted against a plan).
+    r#"
+    CREATE TABLE IF NOT EXISTS usage_events (
+        account  TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL
+    );
+
+    CREATE INDEX IF NOT EXISTS usage_events_by_account
+        ON usage_events (account, at_ms);
+
+    CREATE INDEX IF NOT EXISTS usage_events_by_time
+        ON usage_events (at_ms);
+    "#,
 ];
 
 /// The schema version this build creates and understands.

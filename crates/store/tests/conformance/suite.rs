@@ -56,7 +56,33 @@ pub fn message(id: &str, sender: &str, recipients: &[&str], received_at: i64) ->
         auth_user: Some("alice@example.com".to_owned()),
         client_ip: "192.0.2.7".to_owned(),
         received_at,
+        usage_ms: vec![],
     }
+}
+
+/// Like [`message`], submitted by `auth_user` with the given usage events.
+pub fn message_with_usage(
+    id: &str,
+    auth_user: &str,
+    recipients: &[&str],
+    usage_ms: &[i64],
+) -> NewMessage {
+    let mut m = message(id, auth_user, recipients, 1_700_000_000);
+    m.auth_user = Some(auth_user.to_owned());
+    m.usage_ms = usage_ms.to_vec();
+    m
+}
+
+/// Every usage event in the store, as `usage_all_since` lists them.
+pub async fn all_usage(store: &Arc<dyn Store>) -> Vec<(String, i64)> {
+    store.usage_all_since(i64::MIN).await.unwrap()
+}
+
+pub fn pairs(expected: &[(&str, i64)]) -> Vec<(String, i64)> {
+    expected
+        .iter()
+        .map(|(a, t)| ((*a).to_owned(), *t))
+        .collect()
 }
 
 const BAD_ADDRESSES: &[&str] = &[
@@ -445,9 +471,9 @@ pub async fn suite_queue(store: Arc<dyn Store>) {
         },
         QueuedMessage {
             id: "Q1".into(),
-            sender: "alice@example.com".into(),
+            sender: "Alice@Example.com".into(),
             recipients: vec![
-                "bob@example.net".into(),
+                "Bob@Example.NET".into(),
                 "carol@example.org".into(),
                 "bob@example.net".into(),
             ],
@@ -539,6 +565,50 @@ pub async fn suite_shared(server: Arc<dyn Store>, cli: Arc<dyn Store>) {
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].id, "S1");
 
+    // Usage written by one handle is seen by the other, both ways.
+    server
+        .enqueue(&message_with_usage(
+            "S2",
+            "Grace@Example.com",
+            &["x@example.net", "y@example.net"],
+            &[5_000, 6_000],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        cli.usage_since("grace@example.com", 0).await.unwrap(),
+        [5_000, 6_000]
+    );
+    cli.enqueue(&message_with_usage(
+        "S3",
+        "grace@example.com",
+        &["z@example.net"],
+        &[7_000],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        server.usage_all_since(5_000).await.unwrap(),
+        pairs(&[("grace@example.com", 6_000), ("grace@example.com", 7_000)])
+    );
+    assert_eq!(cli.prune_usage(5_000).await.unwrap(), 1);
+    assert_eq!(
+        server.usage_since("grace@example.com", 0).await.unwrap(),
+        [6_000, 7_000]
+    );
+    cli.set_account_plan("grace@example.com", "pro")
+        .await
+        .unwrap();
+    assert_eq!(
+        server
+            .account("grace@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .plan,
+        "pro"
+    );
+
     assert_exists(
         server.add_account("grace@example.com", &h, "basic").await,
         "grace@example.com",
@@ -551,6 +621,7 @@ pub async fn suite_shared(server: Arc<dyn Store>, cli: Arc<dyn Store>) {
             .unwrap()
             .is_none()
     );
+    assert!(all_usage(&server).await.is_empty());
     server.remove_domain("example.com").await.unwrap();
     assert!(cli.list_domains().await.unwrap().is_empty());
 }
@@ -562,14 +633,9 @@ pub async fn suite_concurrent_writes(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         for (name, store) in [("a", a.clone()), ("b", b.clone())] {
             tasks.spawn(async move {
                 let id = format!("C{name}{i:02}");
-                store
-                    .enqueue(&message(
-                        &id,
-                        "x@example.com",
-                        &["y@example.com", "z@example.com"],
-                        i,
-                    ))
-                    .await
+                let mut m = message(&id, "x@example.com", &["y@example.com", "z@example.com"], i);
+                m.usage_ms = vec![i, i + 1000];
+                store.enqueue(&m).await
             });
         }
     }
@@ -585,4 +651,352 @@ pub async fn suite_concurrent_writes(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     );
     assert!(queue.iter().all(|m| m.recipients.len() == 2));
     assert_eq!(b.list_queue().await.unwrap(), queue);
+    let usage = a.usage_since("alice@example.com", i64::MIN).await.unwrap();
+    assert_eq!(usage.len(), 80);
+    assert!(usage.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(all_usage(&b).await.len(), 80);
+}
+
+/// set_account_plan: normalisation, validation, NotFound.
+pub async fn suite_account_plan(store: Arc<dyn Store>) {
+    let h = hash("pw");
+    let added = store
+        .add_account("ivan@example.com", &h, "basic")
+        .await
+        .unwrap();
+
+    store
+        .set_account_plan(" IVAN@Example.com ", "  Pro Plus ")
+        .await
+        .unwrap();
+    let account = store.account("ivan@example.com").await.unwrap().unwrap();
+    assert_eq!(account.plan, "Pro Plus", "trimmed, case kept");
+    assert_eq!(account.created_at, added.created_at);
+    assert!(account.updated_at >= added.updated_at);
+    assert_eq!(account.status, AccountStatus::Active);
+    assert_eq!(store.list_accounts().await.unwrap()[0].plan, "Pro Plus");
+    assert_eq!(
+        store
+            .credential("ivan@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        h,
+        "a plan change keeps the hash"
+    );
+
+    for bad in ["", "   ", "a\nb", &"p".repeat(65)] {
+        assert_invalid(store.set_account_plan("ivan@example.com", bad).await, bad);
+    }
+    assert_eq!(
+        store
+            .account("ivan@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .plan,
+        "Pro Plus",
+        "a refused plan changes nothing"
+    );
+    assert_not_found(
+        store.set_account_plan("Ghost@Example.com", "pro").await,
+        "ghost@example.com",
+    );
+    assert_invalid(
+        store.set_account_plan("not an address", "pro").await,
+        "bad address",
+    );
+    assert_eq!(store.list_accounts().await.unwrap().len(), 1);
+}
+
+/// enqueue records usage in the same transaction; usage_since /
+/// usage_all_since (strictly after, ordering, duplicates); prune_usage.
+pub async fn suite_usage(store: Arc<dyn Store>) {
+    assert!(all_usage(&store).await.is_empty());
+    assert!(store.usage_all_since(0).await.unwrap().is_empty());
+    assert_eq!(store.prune_usage(i64::MAX).await.unwrap(), 0);
+    let h = hash("pw");
+    store
+        .add_account("alice@example.com", &h, "basic")
+        .await
+        .unwrap();
+    store
+        .add_account("bob@example.com", &h, "basic")
+        .await
+        .unwrap();
+
+    // Given out of order; listed ascending, keyed by the normalised auth user.
+    store
+        .enqueue(&message_with_usage(
+            "U1",
+            " Alice@Example.COM ",
+            &["x@example.net", "y@example.net", "z@example.net"],
+            &[3_000, 1_000, 2_000],
+        ))
+        .await
+        .unwrap();
+    store
+        .enqueue(&message_with_usage(
+            "U2",
+            "bob@example.com",
+            &["x@example.net"],
+            &[2_500],
+        ))
+        .await
+        .unwrap();
+    // Fewer events than recipients (some not counted), and duplicates kept.
+    store
+        .enqueue(&message_with_usage(
+            "U3",
+            "alice@example.com",
+            &["x@example.net", "y@example.net", "local@example.com"],
+            &[3_000, 3_000],
+        ))
+        .await
+        .unwrap();
+    // No usage: nothing recorded, with or without an auth user.
+    store
+        .enqueue(&message_with_usage(
+            "U4",
+            "alice@example.com",
+            &["x@example.net"],
+            &[],
+        ))
+        .await
+        .unwrap();
+    let mut anonymous = message("U5", "", &["postmaster@example.com"], 1);
+    anonymous.auth_user = None;
+    store.enqueue(&anonymous).await.unwrap();
+    // Usage is keyed by the auth user whether or not it is an account.
+    store
+        .enqueue(&message_with_usage(
+            "U6",
+            "zed@example.net",
+            &["x@example.net"],
+            &[-5],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.list_queue().await.unwrap().len(), 6);
+
+    assert_eq!(
+        store.usage_since("alice@example.com", 0).await.unwrap(),
+        [1_000, 2_000, 3_000, 3_000, 3_000]
+    );
+    assert_eq!(
+        store.usage_since("ALICE@example.com ", 0).await.unwrap(),
+        [1_000, 2_000, 3_000, 3_000, 3_000]
+    );
+    // Strictly after since_ms.
+    assert_eq!(
+        store.usage_since("alice@example.com", 999).await.unwrap(),
+        [1_000, 2_000, 3_000, 3_000, 3_000]
+    );
+    assert_eq!(
+        store.usage_since("alice@example.com", 1_000).await.unwrap(),
+        [2_000, 3_000, 3_000, 3_000]
+    );
+    assert_eq!(
+        store.usage_since("alice@example.com", 2_999).await.unwrap(),
+        [3_000, 3_000, 3_000]
+    );
+    assert!(
+        store
+            .usage_since("alice@example.com", 3_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.usage_since("bob@example.com", 2_499).await.unwrap(),
+        [2_500]
+    );
+    assert!(
+        store
+            .usage_since("bob@example.com", 2_500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.usage_since("zed@example.net", -6).await.unwrap(),
+        [-5]
+    );
+    assert!(
+        store
+            .usage_since("zed@example.net", -5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .usage_since("nobody@example.com", i64::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for bad in BAD_ADDRESSES {
+        assert!(
+            store.usage_since(bad, i64::MIN).await.unwrap().is_empty(),
+            "{bad:?}"
+        );
+    }
+
+    let everything = pairs(&[
+        ("alice@example.com", 1_000),
+        ("alice@example.com", 2_000),
+        ("alice@example.com", 3_000),
+        ("alice@example.com", 3_000),
+        ("alice@example.com", 3_000),
+        ("bob@example.com", 2_500),
+        ("zed@example.net", -5),
+    ]);
+    assert_eq!(all_usage(&store).await, everything);
+    assert_eq!(store.usage_all_since(-6).await.unwrap(), everything);
+    assert_eq!(store.usage_all_since(-5).await.unwrap(), everything[..6]);
+    assert_eq!(
+        store.usage_all_since(2_000).await.unwrap(),
+        pairs(&[
+            ("alice@example.com", 3_000),
+            ("alice@example.com", 3_000),
+            ("alice@example.com", 3_000),
+            ("bob@example.com", 2_500),
+        ])
+    );
+    assert_eq!(
+        store.usage_all_since(2_500).await.unwrap(),
+        pairs(&[
+            ("alice@example.com", 3_000),
+            ("alice@example.com", 3_000),
+            ("alice@example.com", 3_000),
+        ])
+    );
+    assert!(store.usage_all_since(3_000).await.unwrap().is_empty());
+
+    // A refused enqueue records neither the message nor its usage.
+    let queue = store.list_queue().await.unwrap();
+    let mut no_auth = message_with_usage("V1", "alice@example.com", &["x@example.net"], &[9_000]);
+    no_auth.auth_user = None;
+    assert_invalid(store.enqueue(&no_auth).await, "usage without auth user");
+    let mut bad_rcpt = message_with_usage(
+        "V2",
+        "alice@example.com",
+        &["x@example.net", "not-an-address"],
+        &[9_000, 9_001],
+    );
+    assert_invalid(store.enqueue(&bad_rcpt).await, "bad recipient");
+    bad_rcpt.recipients = vec![];
+    assert_invalid(store.enqueue(&bad_rcpt).await, "no recipients");
+    let mut bad_auth = message_with_usage("V3", "alice@example.com", &["x@example.net"], &[9_000]);
+    bad_auth.auth_user = Some("not an address".into());
+    assert_invalid(store.enqueue(&bad_auth).await, "bad auth user");
+    let mut huge = message_with_usage("V4", "alice@example.com", &["x@example.net"], &[9_000]);
+    huge.size = u64::MAX;
+    assert_invalid(store.enqueue(&huge).await, "size beyond i64");
+    // A duplicate id is refused inside the transaction; its usage is rolled back.
+    assert_exists(
+        store
+            .enqueue(&message_with_usage(
+                "U1",
+                "alice@example.com",
+                &["x@example.net"],
+                &[9_000],
+            ))
+            .await,
+        "U1",
+    );
+    assert_eq!(all_usage(&store).await, everything);
+    assert_eq!(store.list_queue().await.unwrap(), queue);
+
+    // prune_usage deletes events at or before the cutoff, and nothing else.
+    assert_eq!(store.prune_usage(-6).await.unwrap(), 0);
+    assert_eq!(store.prune_usage(1_999).await.unwrap(), 2);
+    assert_eq!(
+        all_usage(&store).await,
+        pairs(&[
+            ("alice@example.com", 2_000),
+            ("alice@example.com", 3_000),
+            ("alice@example.com", 3_000),
+            ("alice@example.com", 3_000),
+            ("bob@example.com", 2_500),
+        ])
+    );
+    assert_eq!(store.prune_usage(2_000).await.unwrap(), 1);
+    assert_eq!(store.prune_usage(2_000).await.unwrap(), 0);
+    assert_eq!(store.prune_usage(3_000).await.unwrap(), 4);
+    assert!(all_usage(&store).await.is_empty());
+    assert_eq!(
+        store.list_queue().await.unwrap(),
+        queue,
+        "pruning usage leaves the queue alone"
+    );
+    assert_eq!(store.list_accounts().await.unwrap().len(), 2);
+}
+
+/// remove_account deletes the account's usage, and only that.
+pub async fn suite_remove_account_usage(store: Arc<dyn Store>) {
+    let h = hash("pw");
+    store
+        .add_account("judy@example.com", &h, "basic")
+        .await
+        .unwrap();
+    store
+        .add_account("karl@example.com", &h, "basic")
+        .await
+        .unwrap();
+    for (id, user, at) in [
+        ("W1", "judy@example.com", 10),
+        ("W2", "karl@example.com", 20),
+        ("W3", "judy@example.com", 30),
+        ("W4", "nobody@example.com", 40),
+    ] {
+        store
+            .enqueue(&message_with_usage(id, user, &["x@example.net"], &[at]))
+            .await
+            .unwrap();
+    }
+
+    store.remove_account("JUDY@example.com").await.unwrap();
+    assert!(
+        store
+            .usage_since("judy@example.com", i64::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        all_usage(&store).await,
+        pairs(&[("karl@example.com", 20), ("nobody@example.com", 40)])
+    );
+    // Queued messages are not usage: they stay.
+    assert_eq!(store.list_queue().await.unwrap().len(), 4);
+
+    // Re-creating the account does not bring its old usage back.
+    store
+        .add_account("judy@example.com", &h, "basic")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .usage_since("judy@example.com", i64::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A refused removal changes nothing.
+    assert_not_found(
+        store.remove_account("nobody@example.com").await,
+        "nobody@example.com",
+    );
+    assert_eq!(
+        store.usage_since("nobody@example.com", 0).await.unwrap(),
+        [40]
+    );
+    assert_eq!(
+        store.usage_since("karl@example.com", 0).await.unwrap(),
+        [20]
+    );
 }
