@@ -85,6 +85,10 @@ pub struct UsageConfig {
     /// Crossing this percentage of an account's hourly limit logs a warning
     /// event (once per window); 1..=100.
     pub warn_percent: u32,
+    /// Enforce plan limits (default true). `false` accepts every recipient
+    /// and records no usage: for benchmarking the cost of enforcement and for
+    /// deployments that meter elsewhere.
+    pub enforce: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -407,6 +411,7 @@ impl Config {
             },
             usage: UsageConfig {
                 warn_percent: DEFAULT_WARN_PERCENT,
+                enforce: true,
             },
             default_plan: DEFAULT_PLAN.to_owned(),
             plans: shipped_plans(),
@@ -521,7 +526,13 @@ impl Config {
         if let Some(value) = burst {
             config.throttle.burst = value;
         }
-        let RawUsage { warn_percent } = raw.usage;
+        let RawUsage {
+            warn_percent,
+            enforce,
+        } = raw.usage;
+        if let Some(value) = enforce {
+            config.usage.enforce = value;
+        }
         if let Some(value) = warn_percent {
             config.usage.warn_percent = value;
         }
@@ -707,6 +718,7 @@ impl Config {
             },
             usage: RawUsage {
                 warn_percent: Some(self.usage.warn_percent),
+                enforce: Some(self.usage.enforce),
             },
             default_plan: Some(self.default_plan.clone()),
             plans: self

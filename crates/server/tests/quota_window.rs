@@ -171,3 +171,16 @@ async fn unknown_plan_is_a_temporary_failure() {
         QuotaOutcome::TemporaryFailure
     );
 }
+
+#[tokio::test]
+async fn enforcement_can_be_switched_off() {
+    let (_d, store, config) = setup(plan(1, None)).await;
+    let mut config = (*config).clone();
+    config.usage.enforce = false;
+    let q = QuotaService::load(store, Arc::new(config)).await.unwrap();
+    for i in 0..5 {
+        let (o, g) = q.reserve("u@example.com", T0 + i).await;
+        assert_eq!(o, QuotaOutcome::Granted);
+        assert!(g.is_none(), "nothing is recorded when enforcement is off");
+    }
+}

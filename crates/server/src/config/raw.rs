@@ -94,6 +94,7 @@ pub(super) struct RawThrottle {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUsage {
     pub warn_percent: Option<u32>,
+    pub enforce: Option<bool>,
 }
 
 /// One `[plans.NAME]` table. In an override of a shipped plan every key is
