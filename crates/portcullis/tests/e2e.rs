@@ -327,3 +327,45 @@ fn acknowledged_message_survives_sigkill() {
     assert_eq!(&greeting, b"220");
     again.kill9();
 }
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let (_dir, data) = setup();
+    let server = Running::start(&data);
+    // An open session survives the reload.
+    let stream = TcpStream::connect(("127.0.0.1", server.smtp)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220"), "{line}");
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log_path = data.join("serve.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("TLS certificate reloaded")
+    {
+        assert!(Instant::now() < deadline, "no reload in the log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.write_all(b"NOOP\r\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("250 2.0.0"), "{line}");
+    // New connections still work.
+    let mut again = TcpStream::connect(("127.0.0.1", server.submission)).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    again.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"220");
+}
