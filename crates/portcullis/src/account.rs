@@ -5,17 +5,16 @@ use std::io::{BufRead, IsTerminal, Read};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use portcullis_server::config::Config;
-use portcullis_store::password::{generate_password, hash_password};
+use portcullis_store::password::hash_password;
 use portcullis_store::{Account, AccountStatus, SqliteStore, Store, validate};
 use zeroize::Zeroizing;
 
+use crate::account_security::{self, TwoFactorCommand, check_policy, generate_policy_password};
 use crate::common::{
     format_time, known_plan, open_store, print_table, store_error, undefined_plan_warning,
 };
 use crate::usage;
 
-/// Shortest password accepted from stdin, in characters.
-const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest password accepted from stdin, in characters.
 const MAX_PASSWORD_CHARS: usize = 1024;
 
@@ -65,8 +64,41 @@ enum AccountCommand {
     Disable { email: String },
     /// Allow logins for a disabled account again.
     Enable { email: String },
-    /// Delete an account.
+    /// Delete an account (with its app passwords and allowed senders).
     Remove { email: String },
+    /// Two-factor authentication (TOTP) for an account.
+    #[command(name = "2fa", subcommand)]
+    TwoFactor(TwoFactorCommand),
+    /// Restrict logins to IP networks (IPv4 and IPv6); logins from elsewhere
+    /// get 535 5.7.8 (reason ip_not_allowed).
+    ///
+    /// Networks given are added to the list (a bare IP is a /32 or /128);
+    /// --remove takes them out, --clear empties the list (logins from any IP,
+    /// the default).
+    AllowIp {
+        email: String,
+        /// IP addresses or CIDR networks, e.g. 192.0.2.0/24 2001:db8::/48.
+        #[arg(value_name = "CIDR", required_unless_present = "clear")]
+        cidrs: Vec<String>,
+        /// Remove these networks from the list instead of adding them.
+        #[arg(long, conflicts_with = "clear")]
+        remove: bool,
+        /// Empty the list: logins from any IP.
+        #[arg(long, conflicts_with = "cidrs")]
+        clear: bool,
+    },
+    /// Let an account use another address, or any address of a domain
+    /// (@example.org), as MAIL FROM and header From:. Its own address and
+    /// aliases are always allowed.
+    AllowSender {
+        email: String,
+        /// An address (bob@example.org) or a whole domain (@example.org).
+        #[arg(value_name = "ADDRESS|@DOMAIN")]
+        sender: String,
+        /// Take the grant back instead.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 pub async fn run(args: AccountArgs, config: &Config) -> anyhow::Result<()> {
@@ -99,13 +131,13 @@ async fn dispatch(
         } => {
             let plan = plan.as_deref().unwrap_or(&config.default_plan);
             let (plan, _) = known_plan(config, plan)?;
-            add(store, &email, plan, password_stdin).await
+            add(store, config, &email, plan, password_stdin).await
         }
         AccountCommand::List => list(store).await,
         AccountCommand::Show { email } => show(store, config, &email).await,
         AccountCommand::SetPlan { email, plan } => set_plan(store, config, &email, &plan).await,
         AccountCommand::Usage { email } => usage::account_usage(store, config, &email).await,
-        AccountCommand::Passwd { email, .. } => passwd(store, &email).await,
+        AccountCommand::Passwd { email, .. } => passwd(store, config, &email).await,
         AccountCommand::Disable { email } => {
             set_status(store, &email, AccountStatus::Disabled).await
         }
@@ -119,11 +151,24 @@ async fn dispatch(
             println!("Removed account {address}");
             Ok(())
         }
+        AccountCommand::TwoFactor(command) => account_security::two_factor(store, command).await,
+        AccountCommand::AllowIp {
+            email,
+            cidrs,
+            remove,
+            clear,
+        } => account_security::allow_ip(store, &email, &cidrs, remove, clear).await,
+        AccountCommand::AllowSender {
+            email,
+            sender,
+            remove,
+        } => account_security::allow_sender(store, &email, &sender, remove).await,
     }
 }
 
 async fn add(
     store: &SqliteStore,
+    config: &Config,
     email: &str,
     plan: &str,
     password_stdin: bool,
@@ -145,9 +190,11 @@ async fn add(
         .map_err(|e| store_error("domain", e))?;
 
     let (password, generated) = if password_stdin {
-        (read_password_stdin()?, false)
+        let password = read_password_stdin()?;
+        check_policy(&address, &password, config)?;
+        (password, false)
     } else {
-        (Zeroizing::new(generate_password()), true)
+        (generate_policy_password(&address, config)?, true)
     };
     let hash = hash(&password).await?;
     let account = store
@@ -209,6 +256,9 @@ async fn show(store: &SqliteStore, config: &Config, email: &str) -> anyhow::Resu
     }
     println!("created: {}", format_time(account.created_at));
     println!("updated: {}", format_time(account.updated_at));
+    for line in account_security::show_lines(store, &account.address).await? {
+        println!("{line}");
+    }
     if config.plan(&account.plan).is_none() {
         eprintln!("{}", undefined_plan_warning(config, &account.plan));
     }
@@ -234,9 +284,10 @@ async fn set_plan(
     Ok(())
 }
 
-async fn passwd(store: &SqliteStore, email: &str) -> anyhow::Result<()> {
+async fn passwd(store: &SqliteStore, config: &Config, email: &str) -> anyhow::Result<()> {
     let account = find(store, email).await?;
     let password = read_password_stdin()?;
+    check_policy(&account.address, &password, config)?;
     let hash = hash(&password).await?;
     store
         .set_password_hash(&account.address, &hash)
@@ -282,8 +333,8 @@ async fn hash(password: &Zeroizing<String>) -> anyhow::Result<String> {
         .map_err(|e| anyhow!("cannot hash password: {e}"))
 }
 
-/// One line from stdin without its line ending: at least
-/// [`MIN_PASSWORD_CHARS`] characters. Never echoed or logged.
+/// One line from stdin without its line ending (the password policy is
+/// checked by the caller). Never echoed or logged.
 fn read_password_stdin() -> anyhow::Result<Zeroizing<String>> {
     if std::io::stdin().is_terminal() {
         eprintln!("Reading the password from stdin (it will be visible); end with Enter:");
@@ -311,11 +362,6 @@ fn read_password_stdin() -> anyhow::Result<Zeroizing<String>> {
     let chars = password.chars().count();
     if chars == 0 {
         bail!("--password-stdin: no password given (stdin was empty)");
-    }
-    if chars < MIN_PASSWORD_CHARS {
-        bail!(
-            "--password-stdin: password is too short ({chars} characters; at least {MIN_PASSWORD_CHARS} required)"
-        );
     }
     if chars > MAX_PASSWORD_CHARS {
         bail!("--password-stdin: password is too long (at most {MAX_PASSWORD_CHARS} characters)");

@@ -1,11 +1,14 @@
 //! What the subcommands share: global options, config loading, opening the
 //! store, error wording and plain-text output helpers.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
-use portcullis_server::config::{Config, LogFormat, Plan};
+use ipnet::IpNet;
+use portcullis_server::config::{Config, LogFormat, Plan, parse_duration};
 use portcullis_store::{SqliteStore, StoreError};
 
 /// File name of the SQLite database inside the data dir.
@@ -202,6 +205,44 @@ pub fn format_wait(ms: i64) -> String {
     out
 }
 
+/// An IP network from the command line: CIDR (`192.0.2.0/24`,
+/// `2001:db8::/32`) or a bare address (a /32 or /128). Host bits are
+/// cleared, so `192.0.2.7/24` is `192.0.2.0/24`. `what` names the argument.
+pub fn parse_network(what: &str, text: &str) -> anyhow::Result<IpNet> {
+    let trimmed = text.trim();
+    let parsed = if trimmed.contains('/') {
+        trimmed.parse::<IpNet>().ok().map(|net| net.trunc())
+    } else {
+        trimmed.parse::<IpAddr>().ok().map(IpNet::from)
+    };
+    parsed.ok_or_else(|| {
+        anyhow!(
+            "{what}: invalid network {text:?} (use an IP address or CIDR, e.g. 192.0.2.7, 192.0.2.0/24 or 2001:db8::/48)"
+        )
+    })
+}
+
+/// A positive duration from the command line (`30m`, `1h`, `90d`), written as
+/// in the config file. `flag` names the option in the error.
+pub fn parse_positive_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    let duration = parse_duration(text)
+        .ok_or_else(|| anyhow!("{flag}: invalid duration {text:?} (use e.g. 30m, 1h, 24h, 90d)"))?;
+    if duration.is_zero() {
+        anyhow::bail!("{flag}: must be longer than 0s");
+    }
+    Ok(duration)
+}
+
+/// A duration in whole milliseconds (saturating).
+pub fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The current time in Unix seconds.
+pub fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +265,31 @@ mod tests {
         assert_eq!(format_time_ms(1), "1970-01-01T00:00:01Z");
         assert_eq!(format_time_ms(1000), "1970-01-01T00:00:01Z");
         assert_eq!(format_time_ms(-1), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn networks() {
+        let net = |t: &str| parse_network("--allow-ip", t).map(|n| n.to_string());
+        assert_eq!(net("192.0.2.7").ok().as_deref(), Some("192.0.2.7/32"));
+        assert_eq!(net(" 192.0.2.7/24 ").ok().as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(net("2001:db8::1").ok().as_deref(), Some("2001:db8::1/128"));
+        assert_eq!(net("2001:db8::1/32").ok().as_deref(), Some("2001:db8::/32"));
+        let err = net("192.0.2.300").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("--allow-ip: invalid network"))
+        );
+        assert!(net("192.0.2.0/33").is_err());
+        assert!(net("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        let ms = |t: &str| parse_positive_duration("--for", t).map(duration_ms).ok();
+        assert_eq!(ms("1h"), Some(3_600_000));
+        assert_eq!(ms("90d"), Some(90 * 86_400_000));
+        assert_eq!(ms("0s"), None);
+        assert_eq!(ms("soon"), None);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! configuration, starts logging and hands over to one module per subcommand.
 
 mod account;
+mod account_security;
+mod app_password;
+mod audit;
+mod ban;
 mod common;
 mod config;
 mod domain;
@@ -33,6 +37,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage accounts (logins that may submit mail).
     Account(account::AccountArgs),
+    /// Manage app passwords (per-client passwords, also for 2FA accounts).
+    AppPassword(app_password::AppPasswordArgs),
+    /// Show, add or lift bans of client networks (refused at the greeting).
+    Ban(ban::BanArgs),
+    /// Show AUTH attempts, explain a user's failures, summarise anomalies.
+    Audit(audit::AuditArgs),
     /// Manage local domains (mail for them is accepted on the smtp listener).
     Domain(domain::DomainArgs),
     /// Show the sending plans (limits per account).
@@ -71,6 +81,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args, config).await,
         Command::Account(args) => account::run(args, &config).await,
+        Command::AppPassword(args) => app_password::run(args, &config).await,
+        Command::Ban(args) => ban::run(args, &config).await,
+        Command::Audit(args) => audit::run(args, &config).await,
         Command::Domain(args) => domain::run(args, &config).await,
         Command::Plan(args) => plan::run(args, &config).await,
         Command::Usage(args) => usage::run(args, &config).await,

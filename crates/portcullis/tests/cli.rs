@@ -135,7 +135,7 @@ fn account_errors_exit_1_and_name_the_thing() {
         &["account", "add", "bob@example.com", "--password-stdin"],
         "short\n",
     )
-    .fails_naming("too short");
+    .fails_naming("password refused: shorter than 12 characters");
     run_stdin(
         &dir,
         &["account", "add", "bob@example.com", "--password-stdin"],
@@ -163,7 +163,7 @@ fn account_errors_exit_1_and_name_the_thing() {
         &["account", "passwd", "bob@example.com", "--password-stdin"],
         "1234567\n",
     )
-    .fails_naming("too short");
+    .fails_naming("password refused: shorter than 12 characters");
 
     // Usage errors keep clap's exit code.
     assert_eq!(run(&dir, &["account", "frobnicate"]).code, 2);

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod header;
 pub mod reply;
 pub mod sasl;
 pub mod session;
@@ -16,6 +17,6 @@ pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use reply::{Enhanced, Reply};
 pub use sasl::{Credentials, Mechanism, Secret};
 pub use session::{
-    Action, AuthOutcome, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus, Role, Session,
-    SessionConfig,
+    Action, AuthOutcome, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus, Role,
+    SenderVerdict, Session, SessionConfig,
 };

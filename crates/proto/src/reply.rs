@@ -177,6 +177,14 @@ impl Reply {
     pub fn too_many_errors() -> Reply {
         r(421, (4, 7, 0), "Too many errors, closing connection")
     }
+    /// A banned network, at the greeting (issue 4).
+    pub fn banned() -> Reply {
+        r(
+            421,
+            (4, 7, 0),
+            "Too many authentication failures from your network, try again later",
+        )
+    }
     pub fn too_many_auth_failures() -> Reply {
         r(
             421,
@@ -312,6 +320,16 @@ impl Reply {
     }
     pub fn recipient_ok() -> Reply {
         r(250, (2, 1, 5), "Recipient ok")
+    }
+    pub fn sender_not_owned() -> Reply {
+        r(553, (5, 7, 1), "Sender address not owned by user")
+    }
+    pub fn header_from_not_owned() -> Reply {
+        r(
+            550,
+            (5, 7, 1),
+            "Message rejected: header From: address not owned by user",
+        )
     }
     pub fn relay_denied() -> Reply {
         r(554, (5, 7, 1), "Relay access denied")

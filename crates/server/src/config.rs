@@ -96,6 +96,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive such as `info` or `portcullis_server=debug,info`.
     pub level: String,
+    /// The one-line-per-event mail log (auth events; fail2ban reads it).
+    /// `None` = `<data_dir>/log/mail.log` (see [`Config::mail_log_path`]).
+    pub mail_log: Option<PathBuf>,
 }
 
 /// How log lines are written to stderr.
@@ -214,9 +217,51 @@ pub struct SecurityConfig {
     pub auth_min_duration: Duration,
     /// Failed AUTH attempts on one connection before `421` and close.
     pub max_auth_failures: u32,
-    /// Client networks exempt from the per-IP throttles (`[throttle]`).
+    /// Client networks exempt from the per-IP throttles (`[throttle]`),
+    /// the brute-force defence and bans.
     /// A bare IP in the file is a /32 or /128; host bits are cleared.
     pub trusted_networks: Vec<IpNet>,
+    /// Shortest password accepted when one is set (policy; default 12).
+    pub password_min_length: usize,
+    /// Main passwords older than this fail AUTH (`password_expired`);
+    /// `None` (`"off"`, the default, per NIST SP 800-63B) = never.
+    pub password_max_age: Option<Duration>,
+    /// Authenticated clients may only use their own addresses as MAIL FROM.
+    pub enforce_sender: bool,
+    /// Also check the header From: after DATA (needs `enforce_sender`).
+    pub check_header_from: bool,
+    /// Brute-force defence thresholds.
+    pub bruteforce: BruteForceConfig,
+    /// How long auth audit events are kept in the store.
+    pub audit_retention: Duration,
+}
+
+/// Thresholds of the brute-force defence. Failures are counted as distinct
+/// attempted secrets in sliding windows, per (client IP, claimed user) and
+/// per client subnet (/24 IPv4, /64 IPv6). `0` disables a threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BruteForceConfig {
+    /// Window of the per-(IP, user) counter (default 15m).
+    pub window: Duration,
+    /// From this many failures per (IP, user) in `window`, AUTH answers are
+    /// delayed by `delay` (default 5).
+    pub delay_after: u32,
+    /// The added delay (default 3s).
+    pub delay: Duration,
+    /// From this many failures per (IP, user) in `window`, AUTH gets
+    /// `421 4.7.0` and the connection is closed (default 10).
+    pub block_after: u32,
+    /// Window of the per-subnet counter (default 1h).
+    pub subnet_window: Duration,
+    /// This many failures from one subnet in `subnet_window` ban the subnet (default 30).
+    pub subnet_ban_after: u32,
+    /// The first ban's length; each repeat doubles it (default 1h).
+    pub ban_duration: Duration,
+    /// The longest ban (default 1 week).
+    pub ban_max_duration: Duration,
+    /// A successful login makes its IP a usual IP of the account for this
+    /// long (default 30d); failures elsewhere never block it there.
+    pub usual_ip_ttl: Duration,
 }
 
 impl SecurityConfig {
@@ -278,6 +323,7 @@ const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_ERRORS: u32 = 10;
 const DEFAULT_AUTH_MIN_DURATION: Duration = Duration::from_millis(250);
 const DEFAULT_MAX_AUTH_FAILURES: u32 = 3;
+const DEFAULT_PASSWORD_MIN_LENGTH: usize = 12;
 const DEFAULT_CONNECTIONS_PER_MINUTE: u32 = 600;
 const DEFAULT_SMTP_MESSAGES_PER_MINUTE: u32 = 30;
 const DEFAULT_BURST: u32 = 50;
@@ -389,6 +435,7 @@ impl Config {
             log: LogConfig {
                 format: DEFAULT_LOG_FORMAT,
                 level: DEFAULT_LOG_LEVEL.to_owned(),
+                mail_log: None,
             },
             tls: TlsConfig {
                 cert: None,
@@ -403,6 +450,22 @@ impl Config {
                 auth_min_duration: DEFAULT_AUTH_MIN_DURATION,
                 max_auth_failures: DEFAULT_MAX_AUTH_FAILURES,
                 trusted_networks: Vec::new(),
+                password_min_length: DEFAULT_PASSWORD_MIN_LENGTH,
+                password_max_age: None,
+                enforce_sender: true,
+                check_header_from: true,
+                bruteforce: BruteForceConfig {
+                    window: Duration::from_secs(15 * 60),
+                    delay_after: 5,
+                    delay: Duration::from_secs(3),
+                    block_after: 10,
+                    subnet_window: Duration::from_secs(3600),
+                    subnet_ban_after: 30,
+                    ban_duration: Duration::from_secs(3600),
+                    ban_max_duration: Duration::from_secs(7 * 24 * 3600),
+                    usual_ip_ttl: Duration::from_secs(30 * 24 * 3600),
+                },
+                audit_retention: Duration::from_secs(90 * 24 * 3600),
             },
             throttle: ThrottleConfig {
                 connections_per_minute: DEFAULT_CONNECTIONS_PER_MINUTE,
@@ -415,6 +478,14 @@ impl Config {
             },
             default_plan: DEFAULT_PLAN.to_owned(),
             plans: shipped_plans(),
+        }
+    }
+
+    /// Where the mail log goes: `[log] mail_log`, else `<data_dir>/log/mail.log`.
+    pub fn mail_log_path(&self) -> PathBuf {
+        match &self.log.mail_log {
+            Some(p) => p.clone(),
+            None => self.data_dir.join("log").join("mail.log"),
         }
     }
 
@@ -470,9 +541,16 @@ impl Config {
         if let Some(data_dir) = raw.data_dir {
             config.data_dir = data_dir;
         }
-        let RawLog { format, level } = raw.log;
+        let RawLog {
+            format,
+            level,
+            mail_log,
+        } = raw.log;
         if let Some(format) = format {
             config.log.format = format;
+        }
+        if let Some(mail_log) = mail_log {
+            config.log.mail_log = Some(mail_log);
         }
         if let Some(level) = level {
             config.log.level = level;
@@ -497,7 +575,65 @@ impl Config {
             auth_min_duration,
             max_auth_failures,
             trusted_networks,
+            password_min_length,
+            password_max_age,
+            enforce_sender,
+            check_header_from,
+            bruteforce_window,
+            bruteforce_delay_after,
+            bruteforce_delay,
+            bruteforce_block_after,
+            bruteforce_subnet_window,
+            bruteforce_subnet_ban_after,
+            ban_duration,
+            ban_max_duration,
+            usual_ip_ttl,
+            audit_retention,
         } = raw.security;
+        let sec = &mut config.security;
+        if let Some(v) = password_min_length {
+            sec.password_min_length = v;
+        }
+        if let Some(v) = password_max_age {
+            sec.password_max_age = parse_optional_duration_key("security.password_max_age", &v.0)?;
+        }
+        if let Some(v) = enforce_sender {
+            sec.enforce_sender = v;
+        }
+        if let Some(v) = check_header_from {
+            sec.check_header_from = v;
+        }
+        let bf = &mut sec.bruteforce;
+        if let Some(v) = bruteforce_window {
+            bf.window = parse_duration_key("security.bruteforce_window", &v.0)?;
+        }
+        if let Some(v) = bruteforce_delay_after {
+            bf.delay_after = v;
+        }
+        if let Some(v) = bruteforce_delay {
+            bf.delay = parse_duration_key("security.bruteforce_delay", &v.0)?;
+        }
+        if let Some(v) = bruteforce_block_after {
+            bf.block_after = v;
+        }
+        if let Some(v) = bruteforce_subnet_window {
+            bf.subnet_window = parse_duration_key("security.bruteforce_subnet_window", &v.0)?;
+        }
+        if let Some(v) = bruteforce_subnet_ban_after {
+            bf.subnet_ban_after = v;
+        }
+        if let Some(v) = ban_duration {
+            bf.ban_duration = parse_duration_key("security.ban_duration", &v.0)?;
+        }
+        if let Some(v) = ban_max_duration {
+            bf.ban_max_duration = parse_duration_key("security.ban_max_duration", &v.0)?;
+        }
+        if let Some(v) = usual_ip_ttl {
+            bf.usual_ip_ttl = parse_duration_key("security.usual_ip_ttl", &v.0)?;
+        }
+        if let Some(v) = audit_retention {
+            sec.audit_retention = parse_duration_key("security.audit_retention", &v.0)?;
+        }
         if let Some(value) = auth_min_duration {
             config.security.auth_min_duration =
                 parse_duration_key("security.auth_min_duration", &value.0)?;
@@ -621,6 +757,43 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.security.password_min_length < 8 {
+            return Err(ConfigError::invalid(
+                "security.password_min_length",
+                "must be at least 8 (NIST SP 800-63B)",
+            ));
+        }
+        let bf = &self.security.bruteforce;
+        if bf.window.is_zero() {
+            return Err(ConfigError::invalid(
+                "security.bruteforce_window",
+                "must not be 0",
+            ));
+        }
+        if bf.subnet_window.is_zero() {
+            return Err(ConfigError::invalid(
+                "security.bruteforce_subnet_window",
+                "must not be 0",
+            ));
+        }
+        if bf.ban_duration.is_zero() {
+            return Err(ConfigError::invalid(
+                "security.ban_duration",
+                "must not be 0",
+            ));
+        }
+        if bf.ban_max_duration < bf.ban_duration {
+            return Err(ConfigError::invalid(
+                "security.ban_max_duration",
+                "must be at least security.ban_duration",
+            ));
+        }
+        if self.security.audit_retention.is_zero() {
+            return Err(ConfigError::invalid(
+                "security.audit_retention",
+                "must not be 0",
+            ));
+        }
         if self.throttle.burst < 1 {
             return Err(ConfigError::invalid(
                 "throttle.burst",
@@ -667,6 +840,7 @@ impl Config {
     /// The file-layer form with every key present.
     fn to_raw(&self) -> RawConfig {
         let lossy = |p: &Path| PathBuf::from(p.to_string_lossy().into_owned());
+        let dur = |d: Duration| DurationValue(units::format_duration(d));
         let listener = |l: &ListenerConfig| {
             Some(RawListener {
                 enabled: Some(l.enabled),
@@ -688,6 +862,7 @@ impl Config {
             log: RawLog {
                 format: Some(self.log.format),
                 level: Some(self.log.level.clone()),
+                mail_log: self.log.mail_log.as_deref().map(lossy),
             },
             tls: RawTls {
                 cert: self.tls.cert.as_deref().map(lossy),
@@ -710,6 +885,23 @@ impl Config {
                         .map(ToString::to_string)
                         .collect(),
                 ),
+                password_min_length: Some(self.security.password_min_length),
+                password_max_age: Some(DurationValue(match self.security.password_max_age {
+                    Some(d) => units::format_duration(d),
+                    None => "off".to_owned(),
+                })),
+                enforce_sender: Some(self.security.enforce_sender),
+                check_header_from: Some(self.security.check_header_from),
+                bruteforce_window: Some(dur(self.security.bruteforce.window)),
+                bruteforce_delay_after: Some(self.security.bruteforce.delay_after),
+                bruteforce_delay: Some(dur(self.security.bruteforce.delay)),
+                bruteforce_block_after: Some(self.security.bruteforce.block_after),
+                bruteforce_subnet_window: Some(dur(self.security.bruteforce.subnet_window)),
+                bruteforce_subnet_ban_after: Some(self.security.bruteforce.subnet_ban_after),
+                ban_duration: Some(dur(self.security.bruteforce.ban_duration)),
+                ban_max_duration: Some(dur(self.security.bruteforce.ban_max_duration)),
+                usual_ip_ttl: Some(dur(self.security.bruteforce.usual_ip_ttl)),
+                audit_retention: Some(dur(self.security.audit_retention)),
             },
             throttle: RawThrottle {
                 connections_per_minute: Some(self.throttle.connections_per_minute),
@@ -987,6 +1179,16 @@ fn addresses_conflict(a: SocketAddr, b: SocketAddr) -> bool {
     }
     a.ip() == b.ip()
         || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+}
+
+/// A duration that may be switched off: `"off"` (or `"0"`) gives `None`.
+fn parse_optional_duration_key(key: &str, text: &str) -> Result<Option<Duration>, ConfigError> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") || t == "0" {
+        return Ok(None);
+    }
+    let d = parse_duration_key(key, t)?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 fn parse_duration_key(key: &str, text: &str) -> Result<Duration, ConfigError> {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
-use crate::auth::AuthService;
+use crate::auth::{AuthContext, AuthDecision, AuthService};
 use crate::config::{Config, ListenerConfig};
 use crate::quota::{QuotaService, now_ms};
 use crate::spool::{Origin, Spool, SpoolWriter};
@@ -93,7 +93,15 @@ struct Driver {
     deadline: Instant,
     /// Plan reservations of the open transaction: (account, timestamps).
     reserved: Option<(String, Vec<i64>)>,
+    /// The session id of the logs and the auth audit.
+    sid: String,
+    /// The start of the current message, up to the end of its header block
+    /// (bounded by `HEADER_CAPTURE`), for the header From: check.
+    headers: Vec<u8>,
 }
+
+/// At most this much of a message is kept to read its header block.
+const HEADER_CAPTURE: usize = 256 * 1024;
 
 /// Runs one session to completion on `io`. `tls_info` is set when the stream
 /// is already TLS (port 465).
@@ -103,6 +111,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: Arc<ListenerConfig>,
     peer: SocketAddr,
+    sid: String,
 ) {
     let mut session = Session::new(session_config(&shared, &listener), tls_info.is_some());
     let mut driver = Driver {
@@ -115,6 +124,8 @@ pub(crate) async fn serve(
         tls_info,
         spool: None,
         reserved: None,
+        sid,
+        headers: Vec::new(),
     };
     session.greeting().write_to(&mut driver.out);
     let end = driver.run(&mut session).await;
@@ -159,7 +170,19 @@ impl Driver {
                     session.tls_started();
                 }
                 Action::Authenticate(creds) => {
-                    let outcome = self.shared.auth.authenticate(creds, self.peer.ip()).await;
+                    let ctx = AuthContext {
+                        session_id: self.sid.clone(),
+                        listener: self.listener.role.name(),
+                        client_ip: self.peer.ip(),
+                        tls: self.tls_info.clone(),
+                    };
+                    let outcome = match self.shared.auth.authenticate(creds, &ctx).await {
+                        AuthDecision::Outcome(outcome) => outcome,
+                        AuthDecision::Close(reply) => {
+                            log_rejection(&reply);
+                            return self.say_and_end(reply, End::Closed).await;
+                        }
+                    };
                     if let portcullis_proto::AuthOutcome::Success { user } = &outcome
                         && let Ok((_, plan)) = self.shared.quota.plan_of(user).await
                     {
@@ -182,6 +205,18 @@ impl Driver {
                     session.quota_result(outcome);
                 }
                 Action::ReleaseQuota => self.release_quota(),
+                Action::CheckSender { user, sender } => {
+                    use portcullis_proto::SenderVerdict;
+                    let verdict = match self.shared.auth.sender_allowed(&user, &sender).await {
+                        Ok(true) => SenderVerdict::Allowed,
+                        Ok(false) => SenderVerdict::NotOwned,
+                        Err(e) => {
+                            tracing::error!(error = %e, "sender ownership check failed");
+                            SenderVerdict::TemporaryFailure
+                        }
+                    };
+                    session.sender_result(verdict);
+                }
                 Action::CheckMailRate => {
                     let outcome = self.check_mail_rate();
                     session.mail_rate_result(outcome);
@@ -199,9 +234,11 @@ impl Driver {
                     if let Some(old) = self.spool.take() {
                         self.shared.spool.abort(old).await;
                     }
+                    self.headers.clear();
                     self.spool = Some(self.shared.spool.begin(envelope, origin).await);
                 }
                 Action::MessageData(data) => {
+                    self.capture_headers(&data);
                     if let Some(w) = &mut self.spool {
                         w.write(&data).await;
                     }
@@ -212,9 +249,18 @@ impl Driver {
                         .as_ref()
                         .map(|(_, s)| s.clone())
                         .unwrap_or_default();
-                    let outcome = match self.spool.take() {
-                        Some(w) => self.shared.spool.commit(w, &self.shared.store, usage).await,
-                        None => portcullis_proto::EnqueueOutcome::TemporaryFailure,
+                    let user = session.authenticated_user().map(str::to_owned);
+                    let refused = header_from_refusal(&self.shared, user, &self.headers).await;
+                    self.headers.clear();
+                    let outcome = match (self.spool.take(), refused) {
+                        (Some(w), Some(outcome)) => {
+                            self.shared.spool.abort(w).await;
+                            outcome
+                        }
+                        (Some(w), None) => {
+                            self.shared.spool.commit(w, &self.shared.store, usage).await
+                        }
+                        (None, _) => portcullis_proto::EnqueueOutcome::TemporaryFailure,
                     };
                     if let portcullis_proto::EnqueueOutcome::Queued { .. } = outcome {
                         // Now durable in usage_events: they stay counted.
@@ -228,6 +274,16 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    fn capture_headers(&mut self, data: &[u8]) {
+        let done =
+            self.headers.starts_with(b"\r\n") || self.headers.windows(4).any(|w| w == b"\r\n\r\n");
+        if !done && self.headers.len() < HEADER_CAPTURE {
+            let room = HEADER_CAPTURE - self.headers.len();
+            self.headers
+                .extend_from_slice(&data[..data.len().min(room)]);
         }
     }
 
@@ -362,6 +418,35 @@ impl Driver {
             Err(_) => Err(End::TlsFailed),
         }
     }
+}
+
+/// Issue 4: an authenticated account may only use header From: addresses it
+/// owns (550 5.7.1 after DATA); `None` when the message may be queued.
+async fn header_from_refusal(
+    shared: &Shared,
+    user: Option<String>,
+    headers: &[u8],
+) -> Option<portcullis_proto::EnqueueOutcome> {
+    let user = user?;
+    if !shared.auth.check_header_from() {
+        return None;
+    }
+    for from in portcullis_proto::header::from_addresses(headers) {
+        match shared.auth.sender_allowed(&user, &from).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(user, from = %from, "header From: not owned by the account");
+                return Some(portcullis_proto::EnqueueOutcome::Refused(
+                    Reply::header_from_not_owned(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "header From: ownership check failed");
+                return Some(portcullis_proto::EnqueueOutcome::TemporaryFailure);
+            }
+        }
+    }
+    None
 }
 
 fn log_rejection(reply: &Reply) {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 mod conn;
 pub mod quota;
+pub mod security;
 mod server;
 pub mod spool;
 pub mod throttle;

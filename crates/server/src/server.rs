@@ -17,13 +17,22 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::Instrument;
 
-use crate::auth::AuthService;
+use crate::auth::{AuthService, banned_greeting_reply};
 use crate::config::{Config, ListenerConfig, ListenerRole};
 use crate::conn::{self, Io, Shared};
 use crate::quota::{QuotaService, now_ms};
+use crate::security::audit::AuditLog;
 use crate::spool::Spool;
 use crate::throttle::{Admission, Gcra};
 use crate::tls::{TlsError, TlsManager};
+
+/// How often active bans are re-read from the store.
+const BAN_REFRESH: Duration = Duration::from_secs(30);
+
+/// A random session id for logs and the auth audit.
+fn new_session_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
 
 /// How long open sessions may take to finish after shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +55,8 @@ pub enum ServerError {
     },
     #[error("cannot load sending usage from the store: {0}")]
     Usage(portcullis_store::StoreError),
+    #[error("cannot load bans from the store: {0}")]
+    Bans(portcullis_store::StoreError),
 }
 
 pub(crate) fn proto_role(role: ListenerRole) -> Role {
@@ -108,12 +119,22 @@ impl Server {
             .await
             .map_err(ServerError::Usage)?;
         let throttle = &config.throttle;
+        let (audit, _audit_task) =
+            AuditLog::start(Arc::clone(&store), Some(config.mail_log_path()));
+        let auth = AuthService::new(Arc::clone(&store), &config.security, audit);
+        let bans = auth.load_bans().await.map_err(ServerError::Bans)?;
+        if bans > 0 {
+            tracing::info!(bans, "active bans loaded");
+        }
+        if let Err(e) = auth.seed_usual_ips().await {
+            tracing::warn!(error = %e, "cannot restore usual login addresses from the audit");
+        }
         let shared = Arc::new(Shared {
             quota,
             mail_rate: Gcra::per_minute(throttle.smtp_messages_per_minute, throttle.burst),
             connection_rate: Gcra::per_minute(throttle.connections_per_minute, throttle.burst),
             config: Arc::clone(&config),
-            auth: AuthService::new(Arc::clone(&store), config.security.auth_min_duration),
+            auth,
             store,
             spool,
             tls: Arc::new(tls),
@@ -168,6 +189,7 @@ impl Server {
             Arc::clone(&self.shared),
             Arc::clone(cfg),
             peer,
+            new_session_id(),
         )
         .await;
     }
@@ -183,6 +205,21 @@ impl Server {
                 loop {
                     tick.tick().await;
                     shared.quota.prune().await;
+                    shared.auth.prune_audit().await;
+                }
+            }
+        });
+        let ban_refresh = tokio::spawn({
+            let shared = Arc::clone(&self.shared);
+            async move {
+                // Picks up `portcullis ban add|remove` made while running.
+                let mut tick = tokio::time::interval(BAN_REFRESH);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = shared.auth.load_bans().await {
+                        tracing::warn!(error = %e, "cannot refresh bans");
+                    }
                 }
             }
         });
@@ -194,6 +231,7 @@ impl Server {
         let _ = self.shutdown_tx.send(true);
         while loops.join_next().await.is_some() {}
         pruner.abort();
+        ban_refresh.abort();
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -279,7 +317,7 @@ async fn connection(
     cfg: Arc<ListenerConfig>,
     shared: Arc<Shared>,
 ) {
-    let sid = format!("{:08x}", rand::random::<u32>());
+    let sid = new_session_id();
     let span =
         tracing::info_span!("session", sid = %sid, listener = cfg.role.name(), client = %peer);
     async move {
@@ -288,14 +326,21 @@ async fn connection(
                 .connection_rate
                 .as_ref()
                 .is_some_and(|g| matches!(g.check(peer.ip(), now_ms()), Admission::Limited { .. }));
+        let banned = shared.auth.greeting_ban(peer.ip());
+        if let Some(ban) = &banned {
+            tracing::info!(network = %ban.network, "connection refused: banned network");
+        }
         let reject = match (&permit, &slot) {
+            _ if banned.is_some() => Some(banned_greeting_reply()),
             (None, _) => Some(Reply::too_many_connections()),
             (_, None) => Some(Reply::too_many_connections_from_ip()),
             _ if rate_limited => Some(Reply::connection_rate_limited()),
             _ => None,
         };
         if let Some(reply) = reject {
-            tracing::warn!(reply = %reply, "connection refused: limit reached");
+            if banned.is_none() {
+                tracing::warn!(reply = %reply, "connection refused: limit reached");
+            }
             let refuse = async {
                 if cfg.role == ListenerRole::Submissions {
                     // RFC 8314: nothing in plaintext on the implicit-TLS port.
@@ -317,13 +362,13 @@ async fn connection(
             match timeout(cfg.idle_timeout, shared.tls.acceptor().accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let info = conn::tls_description(tls.get_ref().1);
-                    conn::serve(Box::new(tls), Some(info), shared, cfg, peer).await;
+                    conn::serve(Box::new(tls), Some(info), shared, cfg, peer, sid).await;
                 }
                 Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::info!("TLS handshake timed out"),
             }
         } else {
-            conn::serve(Box::new(stream), None, shared, cfg, peer).await;
+            conn::serve(Box::new(stream), None, shared, cfg, peer, sid).await;
         }
         drop(permit);
         drop(slot);

@@ -588,24 +588,6 @@ async fn bdat_chunks_are_spooled_in_order() {
     );
 }
 
-/// Runs a dialog marked `# bug:`, ignoring the directive.
-async fn run_bug_dialog(name: &str) {
-    let dialog = load_dialog(&dialog_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        dialog.bug.is_some(),
-        "{name} is not marked `# bug:`; it runs in all_dialogs"
-    );
-    if let Err(e) = run_dialog(&dialog).await {
-        panic!("{name}: {e}");
-    }
-}
-
-#[tokio::test]
-#[ignore = "not implemented yet: sender ownership is issue 4 (553 5.7.1)"]
-async fn bug_sender_must_belong_to_the_account() {
-    run_bug_dialog("bug_sender_not_owned.dialog").await;
-}
-
 /// RFC 5321 2.4: local parts are case-sensitive and a relay MUST preserve
 /// their case; only the domain may be lowercased.
 #[tokio::test]

@@ -1,5 +1,7 @@
-//! Storage for Portcullis: accounts, local domains, the queue index and the
-//! per-account usage events that sending plans are counted against.
+//! Storage for Portcullis: accounts, local domains, the queue index, the
+//! per-account usage events that sending plans are counted against, and
+//! account security (app passwords, TOTP secrets, IP allowlists, granted
+//! senders, the auth audit and bans).
 //!
 //! Owns the [`Store`] trait (the contract every backend honours, one method per
 //! operation, each documented) and the embedded SQLite backend. It must not know
@@ -111,6 +113,132 @@ pub struct QueuedMessage {
     pub received_at: i64,
 }
 
+/// An app password as listed to admins. Never carries the digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppPassword {
+    /// The account it belongs to, normalised.
+    pub account: String,
+    /// Its name, unique per account (compared case-insensitively).
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last successful use, if any.
+    pub last_used_at: Option<i64>,
+    /// Client IP of the last successful use, if any.
+    pub last_used_ip: Option<String>,
+    /// Unix seconds after which it no longer works; `None` = never expires.
+    pub expires_at: Option<i64>,
+    /// CIDR texts as given (e.g. `192.0.2.0/24`); empty = any IP.
+    pub allowed_ips: Vec<String>,
+}
+
+/// What the auth service needs to check an app password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppPasswordSecret {
+    pub name: String,
+    /// SHA-256 of the secret, 32 bytes.
+    pub digest: Vec<u8>,
+    /// Unix seconds; `None` = never expires.
+    pub expires_at: Option<i64>,
+    /// CIDR texts as given; empty = any IP.
+    pub allowed_ips: Vec<String>,
+}
+
+impl std::fmt::Debug for AppPasswordSecret {
+    /// Leaves the digest out, so logs never carry it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppPasswordSecret")
+            .field("name", &self.name)
+            .field("digest", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("allowed_ips", &self.allowed_ips)
+            .finish()
+    }
+}
+
+/// An account's security settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountSecurity {
+    /// Base32 RFC 6238 secret; `Some` = two-factor authentication is on.
+    pub totp_secret: Option<String>,
+    /// CIDR texts as given; empty = any IP.
+    pub allowed_ips: Vec<String>,
+    /// Extra addresses (`user@dom`) and whole domains (`@dom`) the account
+    /// may send as, normalised to lowercase, sorted.
+    pub allowed_senders: Vec<String>,
+    /// Unix seconds of the last password change (set by `add_account` and
+    /// `set_password_hash`).
+    pub password_changed_at: i64,
+}
+
+impl std::fmt::Debug for AccountSecurity {
+    /// Leaves the TOTP secret out, so logs never carry it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSecurity")
+            .field(
+                "totp_secret",
+                &self.totp_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allowed_ips", &self.allowed_ips)
+            .field("allowed_senders", &self.allowed_senders)
+            .field("password_changed_at", &self.password_changed_at)
+            .finish()
+    }
+}
+
+/// One AUTH attempt, as recorded for the audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthEvent {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub session_id: String,
+    pub listener: String,
+    pub client_ip: String,
+    /// TLS version, `None` on a plain connection.
+    pub tls: Option<String>,
+    /// The user as claimed by the client (may be garbage; stored as given,
+    /// cut to [`validate::MAX_AUTH_TEXT_CHARS`] characters).
+    pub user: String,
+    pub mechanism: String,
+    /// `"password"` or `"app:<name>"`; `None` when no credential matched.
+    pub credential: Option<String>,
+    pub success: bool,
+    /// Reason code (`ok`, `unknown_user`, `bad_password`, ...).
+    pub reason: String,
+}
+
+/// Which auth events [`Store::auth_events`] returns. The default returns all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthEventFilter {
+    /// Only events whose claimed user equals this, ASCII case-insensitively
+    /// (surrounding whitespace of the filter ignored).
+    pub user: Option<String>,
+    /// Only events from this client IP (exact text, trimmed).
+    pub ip: Option<String>,
+    /// Only failed attempts.
+    pub failed_only: bool,
+    /// Only events at or after this time (Unix milliseconds).
+    pub since_ms: Option<i64>,
+    /// At most this many events (the newest).
+    pub limit: Option<usize>,
+}
+
+/// A banned IP network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    /// CIDR text, normalised by [`validate::normalize_network`]: a single
+    /// host is its plain address (`192.0.2.7`, `2001:db8::1`), a network is
+    /// `address/prefix` with the host bits cleared (`192.0.2.0/24`).
+    pub network: String,
+    /// Unix milliseconds; the ban is active while `now < until_ms`.
+    pub until_ms: i64,
+    pub reason: String,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// How many times this network has been banned (for exponential bans).
+    pub strikes: u32,
+}
+
 /// The storage contract. Addresses and domains are compared case-insensitively:
 /// every method normalises its input (ASCII lowercase, surrounding whitespace
 /// trimmed) before use, and everything returned is normalised.
@@ -128,7 +256,8 @@ pub trait Store: Send + Sync + 'static {
     /// All accounts ordered by address.
     async fn list_accounts(&self) -> Result<Vec<Account>>;
 
-    /// Replaces the password hash. `NotFound` if there is no such account.
+    /// Replaces the password hash and sets `password_changed_at` to now.
+    /// `NotFound` if there is no such account.
     async fn set_password_hash(&self, address: &str, password_hash: &str) -> Result<()>;
 
     /// Enables or disables login. `NotFound` if there is no such account.
@@ -138,7 +267,8 @@ pub trait Store: Send + Sync + 'static {
     /// `Invalid` otherwise). `NotFound` if there is no such account.
     async fn set_account_plan(&self, address: &str, plan: &str) -> Result<()>;
 
-    /// Deletes the account and all its usage events. `NotFound` if there is
+    /// Deletes the account and all its usage events, app passwords and
+    /// allowed senders (its auth events stay for the audit). `NotFound` if there is
     /// no such account.
     async fn remove_account(&self, address: &str) -> Result<()>;
 
@@ -187,4 +317,94 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every usage event at or before `before_ms` and returns how many
     /// were deleted.
     async fn prune_usage(&self, before_ms: i64) -> Result<u64>;
+
+    // --- Account security (schema version 3) -------------------------------
+
+    /// Adds an app password to the account, storing only its SHA-256
+    /// `digest` (32 bytes; `Invalid` otherwise). The name is trimmed and must
+    /// be 1 to 64 characters from `[A-Za-z0-9._-]` (`Invalid` otherwise); it
+    /// is kept as given but unique per account case-insensitively
+    /// (`AlreadyExists(name)`). `allowed_ips` are CIDR texts, trimmed, each
+    /// non-empty, at most 64 characters, without control characters (the
+    /// caller checks their syntax); duplicates are dropped. `created_at` is
+    /// now. `NotFound(account)` if there is no such account.
+    async fn add_app_password(
+        &self,
+        account: &str,
+        name: &str,
+        digest: &[u8],
+        expires_at: Option<i64>,
+        allowed_ips: &[String],
+    ) -> Result<()>;
+
+    /// The account's app passwords, without digests, ordered by name
+    /// (case-insensitively). Empty for an unknown or malformed account.
+    async fn list_app_passwords(&self, account: &str) -> Result<Vec<AppPassword>>;
+
+    /// Deletes an app password (name matched case-insensitively).
+    /// `NotFound(account)` if there is no such account, `NotFound(name)` if
+    /// it has no such app password.
+    async fn revoke_app_password(&self, account: &str, name: &str) -> Result<()>;
+
+    /// The account's app passwords with their digests, for AUTH, ordered by
+    /// name. Empty if there are none or no such account (or it is malformed).
+    async fn app_password_secrets(&self, account: &str) -> Result<Vec<AppPasswordSecret>>;
+
+    /// Records a successful use of an app password at `at` (Unix seconds)
+    /// from `ip`. `NotFound(name)` if there is no such app password (for
+    /// instance revoked meanwhile); `Invalid` if `ip` is empty, longer than
+    /// 64 characters or has control characters.
+    async fn touch_app_password(&self, account: &str, name: &str, at: i64, ip: &str) -> Result<()>;
+
+    /// The account's security settings, or `None` if there is no such
+    /// account (or the address is malformed).
+    async fn account_security(&self, account: &str) -> Result<Option<AccountSecurity>>;
+
+    /// Turns two-factor authentication on with the given base32 secret
+    /// (trimmed; letters A-Z in either case, digits 2-7, `=` padding; at
+    /// most 256 characters; `Invalid` otherwise, without echoing it) or off
+    /// with `None`. `NotFound(account)` if there is no such account.
+    async fn set_totp_secret(&self, account: &str, secret: Option<&str>) -> Result<()>;
+
+    /// Replaces the account's IP allowlist (CIDR texts checked as in
+    /// `add_app_password`; empty = any IP). `NotFound(account)` if there is
+    /// no such account.
+    async fn set_allowed_ips(&self, account: &str, cidrs: &[String]) -> Result<()>;
+
+    /// Grants the account an extra sender: an address `user@dom` (checked
+    /// and normalised like account addresses, though the domain may be an
+    /// address literal) or a whole domain `@dom` (a DNS name).
+    /// `AlreadyExists(sender)` if already granted, `Invalid` if malformed,
+    /// `NotFound(account)` if there is no such account.
+    async fn add_allowed_sender(&self, account: &str, sender: &str) -> Result<()>;
+
+    /// Withdraws a sender granted by `add_allowed_sender`.
+    /// `NotFound(account)` if there is no such account, `NotFound(sender)`
+    /// (normalised) if it was not granted.
+    async fn remove_allowed_sender(&self, account: &str, sender: &str) -> Result<()>;
+
+    /// Records auth events in one transaction (all or none). Text fields are
+    /// stored as given, cut to [`validate::MAX_AUTH_TEXT_CHARS`] characters.
+    async fn record_auth_events(&self, events: &[AuthEvent]) -> Result<()>;
+
+    /// The auth events matching `filter`, newest first (ties in reverse
+    /// order of recording).
+    async fn auth_events(&self, filter: &AuthEventFilter) -> Result<Vec<AuthEvent>>;
+
+    /// Deletes every auth event at or before `before_ms` and returns how
+    /// many were deleted.
+    async fn prune_auth_events(&self, before_ms: i64) -> Result<u64>;
+
+    /// Creates or replaces (every field) the ban of `ban.network`, which is
+    /// normalised by [`validate::normalize_network`] (`Invalid` if it is not
+    /// an IP address or CIDR network). The reason must be at most 255
+    /// characters without control characters.
+    async fn upsert_ban(&self, ban: &Ban) -> Result<()>;
+
+    /// The active bans (`until_ms > now_ms`), ordered by network.
+    async fn list_bans(&self, now_ms: i64) -> Result<Vec<Ban>>;
+
+    /// Deletes the ban of `network` (normalised as in `upsert_ban`), active
+    /// or expired. `NotFound(network)` if there is none.
+    async fn remove_ban(&self, network: &str) -> Result<()>;
 }

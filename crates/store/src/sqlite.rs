@@ -10,6 +10,7 @@
 
 mod connect;
 mod schema;
+mod security;
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,7 +28,8 @@ use crate::validate::{
     normalize_new_message, normalize_plan,
 };
 use crate::{
-    Account, AccountStatus, Credential, NewMessage, QueuedMessage, Result, Store, StoreError,
+    Account, AccountSecurity, AccountStatus, AppPassword, AppPasswordSecret, AuthEvent,
+    AuthEventFilter, Ban, Credential, NewMessage, QueuedMessage, Result, Store, StoreError,
 };
 
 /// How long a statement waits for another connection's lock before failing.
@@ -52,6 +54,14 @@ const MAX_CONNECTIONS: u32 = 4;
 /// be stored; so do the usage reads (`usage_since` answers an empty list).
 /// `enqueue` checks and normalises the message with
 /// [`crate::validate::normalize_new_message`].
+///
+/// Account security (see the `security` submodule): app password names,
+/// digests, allowlist entries, granted senders, TOTP secrets and ban networks
+/// are checked by the functions of [`crate::validate`]; lookups
+/// (`account_security`, `list_app_passwords`, `app_password_secrets`) answer
+/// `None` / empty for a malformed address. Writes that name an account answer
+/// `NotFound(account)` when it does not exist, except `touch_app_password`,
+/// which answers `NotFound(name)`.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -191,13 +201,15 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| unavailable("add_account: adding domain", e))?;
         sqlx::query(
-            "INSERT INTO accounts (address, password_hash, status, plan, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO accounts \
+             (address, password_hash, status, plan, created_at, updated_at, password_changed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&address)
         .bind(password_hash)
         .bind(AccountStatus::Active.as_str())
         .bind(&plan)
+        .bind(now)
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
@@ -239,14 +251,18 @@ impl Store for SqliteStore {
     async fn set_password_hash(&self, address: &str, password_hash: &str) -> Result<()> {
         let address = normalize_address(address)?;
         check_password_hash(password_hash)?;
-        let done =
-            sqlx::query("UPDATE accounts SET password_hash = ?, updated_at = ? WHERE address = ?")
-                .bind(password_hash)
-                .bind(now())
-                .bind(&address)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| unavailable("set_password_hash", e))?;
+        let now = now();
+        let done = sqlx::query(
+            "UPDATE accounts SET password_hash = ?, updated_at = ?, password_changed_at = ? \
+             WHERE address = ?",
+        )
+        .bind(password_hash)
+        .bind(now)
+        .bind(now)
+        .bind(&address)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unavailable("set_password_hash", e))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(address));
         }
@@ -301,6 +317,18 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| unavailable("remove_account: usage", e))?;
+        // The foreign keys cascade too; deleting explicitly keeps this
+        // independent of the connection's foreign_keys setting.
+        for (table, what) in [
+            ("app_passwords", "remove_account: app passwords"),
+            ("account_senders", "remove_account: allowed senders"),
+        ] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE account = ?"))
+                .bind(&address)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unavailable(what, e))?;
+        }
         tx.commit()
             .await
             .map_err(|e| unavailable("remove_account: commit", e))
@@ -508,5 +536,77 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| unavailable("prune_usage", e))?;
         Ok(done.rows_affected())
+    }
+
+    async fn add_app_password(
+        &self,
+        account: &str,
+        name: &str,
+        digest: &[u8],
+        expires_at: Option<i64>,
+        allowed_ips: &[String],
+    ) -> Result<()> {
+        self.add_app_password_impl(account, name, digest, expires_at, allowed_ips)
+            .await
+    }
+
+    async fn list_app_passwords(&self, account: &str) -> Result<Vec<AppPassword>> {
+        self.list_app_passwords_impl(account).await
+    }
+
+    async fn revoke_app_password(&self, account: &str, name: &str) -> Result<()> {
+        self.revoke_app_password_impl(account, name).await
+    }
+
+    async fn app_password_secrets(&self, account: &str) -> Result<Vec<AppPasswordSecret>> {
+        self.app_password_secrets_impl(account).await
+    }
+
+    async fn touch_app_password(&self, account: &str, name: &str, at: i64, ip: &str) -> Result<()> {
+        self.touch_app_password_impl(account, name, at, ip).await
+    }
+
+    async fn account_security(&self, account: &str) -> Result<Option<AccountSecurity>> {
+        self.account_security_impl(account).await
+    }
+
+    async fn set_totp_secret(&self, account: &str, secret: Option<&str>) -> Result<()> {
+        self.set_totp_secret_impl(account, secret).await
+    }
+
+    async fn set_allowed_ips(&self, account: &str, cidrs: &[String]) -> Result<()> {
+        self.set_allowed_ips_impl(account, cidrs).await
+    }
+
+    async fn add_allowed_sender(&self, account: &str, sender: &str) -> Result<()> {
+        self.add_allowed_sender_impl(account, sender).await
+    }
+
+    async fn remove_allowed_sender(&self, account: &str, sender: &str) -> Result<()> {
+        self.remove_allowed_sender_impl(account, sender).await
+    }
+
+    async fn record_auth_events(&self, events: &[AuthEvent]) -> Result<()> {
+        self.record_auth_events_impl(events).await
+    }
+
+    async fn auth_events(&self, filter: &AuthEventFilter) -> Result<Vec<AuthEvent>> {
+        self.auth_events_impl(filter).await
+    }
+
+    async fn prune_auth_events(&self, before_ms: i64) -> Result<u64> {
+        self.prune_auth_events_impl(before_ms).await
+    }
+
+    async fn upsert_ban(&self, ban: &Ban) -> Result<()> {
+        self.upsert_ban_impl(ban).await
+    }
+
+    async fn list_bans(&self, now_ms: i64) -> Result<Vec<Ban>> {
+        self.list_bans_impl(now_ms).await
+    }
+
+    async fn remove_ban(&self, network: &str) -> Result<()> {
+        self.remove_ban_impl(network).await
     }
 }

@@ -1,10 +1,12 @@
 //! Normalisation and validation of the names the store keeps: account and
-//! envelope addresses, local domain names, password hash strings and plans.
+//! envelope addresses, local domain names, password hash strings, plans, and
+//! the account-security texts (app password names and digests, allowlist
+//! entries, granted senders, TOTP secrets, ban networks and reasons).
 //!
 //! Every backend runs its inputs through these functions so that all of them
 //! agree on what is accepted and how it is spelled once stored. Messages in the
 //! returned errors name the offending value for addresses and domains (they are
-//! not secret) but never echo a password hash.
+//! not secret) but never echo a password hash, digest or TOTP secret.
 
 use crate::{NewMessage, Result, StoreError};
 
@@ -260,6 +262,213 @@ pub fn normalize_new_message(message: &NewMessage) -> Result<NewMessage> {
     })
 }
 
+/// Longest kept text field of an auth event, in characters; longer ones are cut.
+pub const MAX_AUTH_TEXT_CHARS: usize = 255;
+
+/// Longest accepted CIDR text (allowlist entry) or client IP text, in characters.
+pub const MAX_CIDR_LEN: usize = 64;
+
+/// Longest accepted app password name, in characters.
+pub const MAX_APP_PASSWORD_NAME_LEN: usize = 64;
+
+/// Length of an app password digest (SHA-256) in bytes.
+pub const APP_PASSWORD_DIGEST_LEN: usize = 32;
+
+/// Longest accepted TOTP secret (base32 text), in characters.
+pub const MAX_TOTP_SECRET_LEN: usize = 256;
+
+/// Longest accepted ban reason, in characters.
+pub const MAX_BAN_REASON_CHARS: usize = 255;
+
+/// Trims and checks an app password name: 1 to
+/// [`MAX_APP_PASSWORD_NAME_LEN`] characters from `[A-Za-z0-9._-]`. Case is
+/// preserved (backends compare names case-insensitively).
+pub fn normalize_app_password_name(input: &str) -> Result<String> {
+    let name = input.trim();
+    if name.is_empty() {
+        return Err(StoreError::Invalid("app password name is empty".into()));
+    }
+    if name.len() > MAX_APP_PASSWORD_NAME_LEN {
+        return Err(StoreError::Invalid(format!(
+            "app password name is longer than {MAX_APP_PASSWORD_NAME_LEN} characters"
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(StoreError::Invalid(format!(
+            "app password name {name:?} may only contain letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks an app password digest: exactly [`APP_PASSWORD_DIGEST_LEN`] bytes.
+/// The error never contains the digest.
+pub fn check_app_password_digest(digest: &[u8]) -> Result<()> {
+    if digest.len() != APP_PASSWORD_DIGEST_LEN {
+        return Err(StoreError::Invalid(format!(
+            "app password digest must be {APP_PASSWORD_DIGEST_LEN} bytes (SHA-256), not {}",
+            digest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Trims and checks one short network text (a CIDR allowlist entry or a
+/// client IP): non-empty, at most [`MAX_CIDR_LEN`] characters, no whitespace
+/// or control characters. Its syntax is the caller's business.
+pub fn check_network_text(input: &str, what: &str) -> Result<String> {
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(StoreError::Invalid(format!("{what} is empty")));
+    }
+    if text.chars().count() > MAX_CIDR_LEN {
+        return Err(StoreError::Invalid(format!(
+            "{what} is longer than {MAX_CIDR_LEN} characters"
+        )));
+    }
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(StoreError::Invalid(format!(
+            "{what} {text:?} contains whitespace or control characters"
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+/// Checks an allowlist of CIDR texts with [`check_network_text`] and returns
+/// it trimmed, in the given order, without duplicates.
+pub fn normalize_cidr_list(cidrs: &[String]) -> Result<Vec<String>> {
+    let mut list: Vec<String> = Vec::with_capacity(cidrs.len());
+    for cidr in cidrs {
+        let cidr = check_network_text(cidr, "allowed IP network")?;
+        if !list.contains(&cidr) {
+            list.push(cidr);
+        }
+    }
+    Ok(list)
+}
+
+/// Trims and checks a base32 TOTP secret (RFC 4648 alphabet in either case,
+/// `=` padding allowed), at most [`MAX_TOTP_SECRET_LEN`] characters. Returns
+/// it trimmed, case kept. The error never contains the secret.
+pub fn check_totp_secret(input: &str) -> Result<String> {
+    let secret = input.trim();
+    if secret.is_empty() {
+        return Err(StoreError::Invalid("TOTP secret is empty".into()));
+    }
+    if secret.len() > MAX_TOTP_SECRET_LEN {
+        return Err(StoreError::Invalid(format!(
+            "TOTP secret is longer than {MAX_TOTP_SECRET_LEN} characters"
+        )));
+    }
+    if !secret
+        .bytes()
+        .all(|b| b.is_ascii_alphabetic() || matches!(b, b'2'..=b'7' | b'='))
+    {
+        return Err(StoreError::Invalid(
+            "TOTP secret is not base32 (A-Z, 2-7)".into(),
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
+/// Normalises and checks a granted sender: either a whole domain `@dom`
+/// (a DNS name, as [`normalize_domain`]) or an address `user@dom` (as
+/// [`normalize_address`]).
+pub fn normalize_sender(input: &str) -> Result<String> {
+    let sender = normalize(input);
+    match sender.strip_prefix('@') {
+        Some(domain) => {
+            let domain = normalize_domain(domain).map_err(|e| {
+                StoreError::Invalid(format!("sender {sender:?}: {}", invalid_text(e)))
+            })?;
+            Ok(format!("@{domain}"))
+        }
+        None => normalize_address(&sender),
+    }
+}
+
+/// Normalises an IP address or CIDR network (`addr/prefix`, IPv4 or IPv6):
+/// the address is written in its canonical form (IPv6 lowercase and
+/// compressed), host bits are cleared, and a single host (`/32`, `/128` or no
+/// prefix) is written as the plain address. `Invalid` for anything else.
+pub fn normalize_network(input: &str) -> Result<String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    let text = input.trim();
+    let invalid = || StoreError::Invalid(format!("{text:?} is not an IP address or network"));
+    if text.is_empty() || text.len() > MAX_CIDR_LEN {
+        return Err(invalid());
+    }
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => {
+            if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(invalid());
+            }
+            let prefix: u32 = prefix.parse().map_err(|_| invalid())?;
+            (address, Some(prefix))
+        }
+        None => (text, None),
+    };
+    let address: IpAddr = address.parse().map_err(|_| invalid())?;
+    match address {
+        IpAddr::V4(v4) => {
+            let prefix = prefix.unwrap_or(32);
+            if prefix > 32 {
+                return Err(invalid());
+            }
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            let network = Ipv4Addr::from(u32::from(v4) & mask);
+            Ok(if prefix == 32 {
+                network.to_string()
+            } else {
+                format!("{network}/{prefix}")
+            })
+        }
+        IpAddr::V6(v6) => {
+            let prefix = prefix.unwrap_or(128);
+            if prefix > 128 {
+                return Err(invalid());
+            }
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            let network = Ipv6Addr::from(u128::from(v6) & mask);
+            Ok(if prefix == 128 {
+                network.to_string()
+            } else {
+                format!("{network}/{prefix}")
+            })
+        }
+    }
+}
+
+/// Trims and checks a ban reason: at most [`MAX_BAN_REASON_CHARS`]
+/// characters, no control characters (it may be empty).
+pub fn check_ban_reason(input: &str) -> Result<String> {
+    let reason = input.trim();
+    if reason.chars().count() > MAX_BAN_REASON_CHARS {
+        return Err(StoreError::Invalid(format!(
+            "ban reason is longer than {MAX_BAN_REASON_CHARS} characters"
+        )));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(
+            "ban reason contains control characters".into(),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
+/// The first `max` characters of `text` (all of it if shorter).
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
 /// The text of an `Invalid` error, or the whole message for other kinds.
 fn invalid_text(error: StoreError) -> String {
     match error {
@@ -407,5 +616,91 @@ mod tests {
         assert!(normalize_new_message(&new_message(None, vec![])).is_ok());
         assert!(normalize_new_message(&new_message(Some("a@example.com"), vec![])).is_ok());
         assert!(invalid(normalize_new_message(&new_message(None, vec![1]))));
+    }
+
+    #[test]
+    fn networks_are_normalised() {
+        for (input, expected) in [
+            ("192.0.2.7", "192.0.2.7"),
+            (" 192.0.2.7/32 ", "192.0.2.7"),
+            ("192.0.2.77/24", "192.0.2.0/24"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("192.0.2.1/0", "0.0.0.0/0"),
+            ("2001:DB8::1", "2001:db8::1"),
+            ("2001:db8:0:0:1::5/64", "2001:db8::/64"),
+            ("2001:db8::1/128", "2001:db8::1"),
+            ("::/0", "::/0"),
+        ] {
+            assert_eq!(
+                normalize_network(input).ok().as_deref(),
+                Some(expected),
+                "{input:?}"
+            );
+        }
+        for bad in [
+            "",
+            "192.0.2.1/33",
+            "192.0.2.1/",
+            "/24",
+            "192.0.2.1/-1",
+            "192.0.2.1/+8",
+            "192.0.2.1/0008",
+            "2001:db8::/129",
+            "192.0.2",
+            "host.example",
+            "192.0.2.1 /24",
+        ] {
+            assert!(invalid(normalize_network(bad)), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn security_texts() {
+        assert_eq!(
+            normalize_app_password_name(" Phone-2.x_Y ").ok().as_deref(),
+            Some("Phone-2.x_Y")
+        );
+        for bad in ["", "a b", "ph/one", "é", &"x".repeat(65)] {
+            assert!(invalid(normalize_app_password_name(bad)), "{bad:?}");
+        }
+        assert!(check_app_password_digest(&[0; 32]).is_ok());
+        assert!(invalid(check_app_password_digest(&[0; 16])));
+        assert_eq!(
+            normalize_cidr_list(&[" a ".into(), "b".into(), "a".into()]).ok(),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert!(invalid(normalize_cidr_list(&["a\u{0}".into()])));
+        assert!(invalid(normalize_cidr_list(&["1".repeat(65)])));
+        assert!(normalize_cidr_list(&["1".repeat(64)]).is_ok());
+        assert_eq!(
+            check_totp_secret(" jbswy3dp= ").ok().as_deref(),
+            Some("jbswy3dp=")
+        );
+        match check_totp_secret("SECRET18") {
+            Err(StoreError::Invalid(msg)) => assert!(!msg.contains("SECRET18"), "{msg}"),
+            other => panic!("accepted a non-base32 secret: {other:?}"),
+        }
+        assert_eq!(
+            normalize_sender(" @Example.ORG ").ok().as_deref(),
+            Some("@example.org")
+        );
+        assert_eq!(
+            normalize_sender("Bob@Example.org").ok().as_deref(),
+            Some("bob@example.org")
+        );
+        for bad in [
+            "@",
+            "@@example.org",
+            "@[192.0.2.1]",
+            "bob",
+            "b ob@example.org",
+        ] {
+            assert!(invalid(normalize_sender(bad)), "{bad:?}");
+        }
+        assert_eq!(check_ban_reason(" x ").ok().as_deref(), Some("x"));
+        assert!(invalid(check_ban_reason("a\tb")));
+        assert_eq!(truncate_chars("héllo", 2), "hé");
+        assert_eq!(truncate_chars("hé", 5), "hé");
+        assert_eq!(truncate_chars("", 0), "");
     }
 }

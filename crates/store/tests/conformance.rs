@@ -3,7 +3,7 @@
 //! Owns the `#[tokio::test]` entry points: each runs a function of the
 //! backend-independent suite (`conformance/suite.rs`) against a real SQLite
 //! file in a temporary directory, and some check SQLite specifics (file and
-//! directory creation, WAL, schema version and upgrade from version 1, two
+//! directory creation, WAL, schema version and upgrades from versions 1 and 2, two
 //! handles on one file, reopening after drop).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +17,9 @@ use std::sync::Arc;
 use portcullis_store::{SqliteStore, Store, StoreError};
 use suite::*;
 use tempfile::TempDir;
+
+/// The schema version this build creates.
+const SCHEMA_VERSION: i64 = 3;
 
 // ---------------------------------------------------------------------------
 // SQLite
@@ -93,6 +96,45 @@ async fn sqlite_two_handles_same_file() {
     let server = open(&path).await;
     let cli = open(&path).await;
     suite_shared(server, cli).await;
+}
+
+#[tokio::test]
+async fn sqlite_app_passwords() {
+    let (_dir, store) = fresh().await;
+    suite_app_passwords(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_account_security() {
+    let (_dir, store) = fresh().await;
+    suite_account_security(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_auth_events() {
+    let (_dir, store) = fresh().await;
+    suite_auth_events(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_bans() {
+    let (_dir, store) = fresh().await;
+    suite_bans(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_remove_account_security() {
+    let (_dir, store) = fresh().await;
+    suite_remove_account_security(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_two_handles_security() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let server = open(&path).await;
+    let cli = open(&path).await;
+    suite_shared_security(server, cli).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +254,7 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, SCHEMA_VERSION);
     let mut tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .fetch_all(&mut conn)
@@ -222,7 +264,11 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
     assert_eq!(
         tables,
         [
+            "account_senders",
             "accounts",
+            "app_passwords",
+            "auth_events",
+            "bans",
             "domains",
             "queue_messages",
             "queue_recipients",
@@ -347,7 +393,7 @@ async fn sqlite_upgrades_version_1() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, SCHEMA_VERSION);
     assert_eq!(usage_indexes(&mut conn).await, usage_indexes_expected());
     conn.close().await.unwrap();
 
@@ -367,6 +413,16 @@ async fn sqlite_upgrades_version_1() {
     assert_eq!(queue[0].id, "OLD1");
     assert_eq!(queue[0].recipients, ["x@example.net"]);
     assert!(a.usage_all_since(i64::MIN).await.unwrap().is_empty());
+    // Upgraded through version 3: security defaults, the password change
+    // time taken from the last update.
+    let security = a
+        .account_security("ivy@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(security.totp_secret, None);
+    assert!(security.allowed_ips.is_empty() && security.allowed_senders.is_empty());
+    assert_eq!(security.password_changed_at, 1);
 
     // And the new operations work on it.
     a.set_account_plan("ivy@example.com", "pro").await.unwrap();
@@ -397,4 +453,131 @@ async fn sqlite_upgrades_version_1() {
         [100, 200]
     );
     assert_eq!(store.list_queue().await.unwrap().len(), 2);
+}
+
+/// A file written by the version-2 schema (before account security) is
+/// upgraded in place on open, keeping its data: existing accounts get 2FA
+/// off, no allowlists, and their last update as the password change time.
+#[tokio::test]
+async fn sqlite_upgrades_version_2() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::{Connection, SqliteConnection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let h = hash("pw");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(include_str!("conformance/schema_v2.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "PRAGMA user_version = 2; \
+         INSERT INTO domains (name, created_at) VALUES ('example.com', 1); \
+         INSERT INTO queue_messages \
+             (id, sender, size, spool_path, auth_user, client_ip, received_at) \
+             VALUES ('OLD2', 'sam@example.com', 7, 'spool/OLD2.eml', \
+                     'sam@example.com', '192.0.2.9', 1700000000); \
+         INSERT INTO queue_recipients (message_id, position, address) \
+             VALUES ('OLD2', 0, 'x@example.net'); \
+         INSERT INTO usage_events (account, at_ms) VALUES ('sam@example.com', 42);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO accounts (address, password_hash, status, plan, created_at, updated_at) \
+         VALUES ('sam@example.com', ?, 'disabled', 'basic', 100, 200)",
+    )
+    .bind(&h)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    // Two processes opening the old file at once: both succeed, the
+    // migration (whose ALTER TABLEs could not run twice) runs once.
+    let (a, b) = tokio::join!(SqliteStore::open(&path), SqliteStore::open(&path));
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(usage_indexes(&mut conn).await, usage_indexes_expected());
+    conn.close().await.unwrap();
+
+    // The old data is intact.
+    let account = a.account("sam@example.com").await.unwrap().unwrap();
+    assert_eq!(account.plan, "basic");
+    assert_eq!((account.created_at, account.updated_at), (100, 200));
+    let cred = b.credential("sam@example.com").await.unwrap().unwrap();
+    assert_eq!(cred.password_hash, h);
+    assert_eq!(cred.status, portcullis_store::AccountStatus::Disabled);
+    assert_eq!(a.list_queue().await.unwrap()[0].id, "OLD2");
+    assert_eq!(b.usage_since("sam@example.com", 0).await.unwrap(), [42]);
+
+    // Security defaults for the existing account.
+    let security = a
+        .account_security("sam@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(security.totp_secret, None);
+    assert!(security.allowed_ips.is_empty());
+    assert!(security.allowed_senders.is_empty());
+    assert_eq!(security.password_changed_at, 200);
+
+    // And the new operations work on it.
+    a.add_app_password("sam@example.com", "phone", &digest(7), None, &[])
+        .await
+        .unwrap();
+    b.add_allowed_sender("sam@example.com", "@example.com")
+        .await
+        .unwrap();
+    a.record_auth_events(&[auth_event(5, "sam@example.com", "192.0.2.9", true, "ok")])
+        .await
+        .unwrap();
+    b.upsert_ban(&portcullis_store::Ban {
+        network: "203.0.113.0/24".into(),
+        until_ms: i64::MAX,
+        reason: "test".into(),
+        created_ms: 1,
+        strikes: 1,
+    })
+    .await
+    .unwrap();
+    drop((a, b));
+
+    // Reopening an upgraded file changes nothing.
+    let store = open(&path).await;
+    assert_eq!(
+        store.app_password_secrets("sam@example.com").await.unwrap()[0].digest,
+        digest(7)
+    );
+    assert_eq!(
+        store
+            .account_security("sam@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_senders,
+        ["@example.com"]
+    );
+    assert_eq!(
+        store
+            .auth_events(&portcullis_store::AuthEventFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.list_bans(0).await.unwrap().len(), 1);
+    assert_eq!(store.list_queue().await.unwrap().len(), 1);
 }

@@ -221,6 +221,7 @@ impl Session {
             EnqueueOutcome::Queued { id } => Reply::queued(&id),
             EnqueueOutcome::TemporaryFailure => Reply::internal_error(),
             EnqueueOutcome::InsufficientStorage => Reply::insufficient_storage(),
+            EnqueueOutcome::Refused(reply) => reply,
         });
     }
 }

@@ -7,7 +7,7 @@
 //! decided on the parsed domain; routing hints in the local part (`%`, `!`,
 //! quoted `@`) are refused for unauthenticated clients.
 
-use super::{Action, Awaiting, RecipientStatus, Role, Session, State};
+use super::{Action, Awaiting, RecipientStatus, Role, SenderVerdict, Session, State};
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::command::MailParams;
 use crate::reply::Reply;
@@ -34,7 +34,36 @@ impl Session {
         {
             return self.reply(Reply::non_ascii_without_smtputf8());
         }
+        if let (Some(user), ReversePath::Mailbox(m)) = (&self.auth_user, &from) {
+            // Sender ownership (issue 4): an account sends only as itself,
+            // its aliases and what it was granted.
+            self.pending.push_back(Action::CheckSender {
+                user: user.clone(),
+                sender: m.to_string(),
+            });
+            self.state = State::Await(Awaiting::Sender(Box::new((from, params))));
+            return;
+        }
         self.open_transaction(from, params, false);
+    }
+
+    /// Result of `Action::CheckSender`.
+    pub fn sender_result(&mut self, verdict: SenderVerdict) {
+        let pending = match std::mem::replace(&mut self.state, State::Command) {
+            State::Await(Awaiting::Sender(p)) => p,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        match verdict {
+            SenderVerdict::Allowed => {
+                let (from, params) = *pending;
+                self.open_transaction(from, params, false);
+            }
+            SenderVerdict::NotOwned => self.reply(Reply::sender_not_owned()),
+            SenderVerdict::TemporaryFailure => self.reply(Reply::internal_error()),
+        }
     }
 
     pub(super) fn handle_rcpt(&mut self, to: ForwardPath) {

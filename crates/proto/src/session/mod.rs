@@ -91,6 +91,9 @@ pub enum Action {
     /// The transaction ended without a queued message: give back every
     /// reservation made for it.
     ReleaseQuota,
+    /// An authenticated client gave this MAIL FROM: check that the account
+    /// may use it, then call [`Session::sender_result`].
+    CheckSender { user: String, sender: String },
     /// An unauthenticated sender starts a transaction on the MX listener:
     /// check the per-IP message rate, then call [`Session::mail_rate_result`].
     CheckMailRate,
@@ -122,6 +125,16 @@ pub enum RecipientStatus {
     TemporaryFailure,
 }
 
+/// Whether an authenticated account may use a sender address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Allowed,
+    /// 553 5.7.1 Sender address not owned by user.
+    NotOwned,
+    /// The check could not be made (451 4.3.0).
+    TemporaryFailure,
+}
+
 /// Result of a plan or rate check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuotaOutcome {
@@ -142,6 +155,9 @@ pub enum EnqueueOutcome {
     TemporaryFailure,
     /// Disk full (452 4.3.1).
     InsufficientStorage,
+    /// Refused by policy after the content was seen (e.g. a header From:
+    /// the account does not own: 550 5.7.1).
+    Refused(Reply),
 }
 
 /// The envelope of a message, handed to the driver with `BeginMessage`.
@@ -214,6 +230,7 @@ enum Awaiting {
     Auth,
     Recipient(Mailbox),
     Quota(ForwardPath),
+    Sender(Box<(ReversePath, MailParams)>),
     MailRate(Box<(ReversePath, MailParams)>),
     Enqueue,
 }

@@ -11,7 +11,7 @@ mod harness {
     use crate::sasl::Credentials;
     use crate::session::{
         Action, AuthOutcome, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus, Role,
-        Session, SessionConfig,
+        SenderVerdict, Session, SessionConfig,
     };
 
     include!("../../tests/common/harness.rs");
@@ -1833,4 +1833,45 @@ fn plan_limits_tighten_listener_limits() {
     // A plan can only tighten: larger values fall back to the listener's.
     d.session.set_account_limits(Some(10_000), Some(u64::MAX));
     assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+}
+
+// ----- sender ownership (issue 4) -----
+
+#[test]
+fn authenticated_sender_is_checked_at_mail() {
+    let mut d = submissions_authed();
+    d.denied_senders.push("bob@example.com".into());
+    assert_eq!(d.say("MAIL FROM:<bob@example.com>"), ["553 5.7.1"]);
+    assert_eq!(d.say("RCPT TO:<x@example.org>"), ["503 5.5.1"]);
+    assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+    assert_eq!(
+        d.sender_checks,
+        [
+            (ALICE.to_owned(), "bob@example.com".to_owned()),
+            (ALICE.to_owned(), "alice@example.com".to_owned())
+        ]
+    );
+    // The null sender needs no ownership.
+    d.say("RSET");
+    assert_eq!(d.say("MAIL FROM:<>"), ["250 2.1.0"]);
+    assert_eq!(d.sender_checks.len(), 2);
+}
+
+#[test]
+fn unauthenticated_mx_sender_is_not_checked() {
+    let mut d = mx_ready();
+    assert_eq!(d.say("MAIL FROM:<bob@example.com>"), ["250 2.1.0"]);
+    assert!(d.sender_checks.is_empty());
+}
+
+#[test]
+fn refused_after_content_releases_and_replies() {
+    let mut d = submissions_authed();
+    d.enqueue_outcome = Some(EnqueueOutcome::Refused(Reply::header_from_not_owned()));
+    assert_eq!(d.say("MAIL FROM:<alice@example.com>"), ["250 2.1.0"]);
+    assert_eq!(d.say("RCPT TO:<x@example.org>"), ["250 2.1.5"]);
+    assert_eq!(d.say("DATA"), ["354"]);
+    assert_eq!(d.say("From: bob@example.com\r\n\r\nhi\r\n."), ["550 5.7.1"]);
+    assert_eq!(d.quota_releases, 1);
+    assert_eq!(d.say("RCPT TO:<x@example.org>"), ["503 5.5.1"]);
 }

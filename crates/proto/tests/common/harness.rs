@@ -4,8 +4,8 @@
 // (`tests/*.rs`) through `include!`, so it uses only the public API and names
 // the crate's types unqualified: the including module imports `Action`,
 // `AuthOutcome`, `Credentials`, `Domain`, `EnqueueOutcome`, `Envelope`,
-// `Mailbox`, `QuotaOutcome`, `RecipientStatus`, `Reply`, `Role`, `Session` and
-// `SessionConfig`.
+// `Mailbox`, `QuotaOutcome`, `RecipientStatus`, `Reply`, `Role`, `SenderVerdict`,
+// `Session` and `SessionConfig`.
 //
 // The driver follows the contract of `session/mod.rs`: push bytes, poll until
 // `NeedInput` / `Close` / `SendAndClose`, answering `Authenticate`,
@@ -146,6 +146,10 @@ pub struct Driver {
     pub refuse_mail_rate: bool,
     /// `CheckMailRate` actions seen.
     pub mail_rate_checks: usize,
+    /// `CheckSender` requests (user, sender), in order.
+    pub sender_checks: Vec<(String, String)>,
+    /// Senders answered with `NotOwned` (everything else is `Allowed`).
+    pub denied_senders: Vec<String>,
     open: Option<(Envelope, Vec<u8>)>,
     queued: usize,
 }
@@ -174,6 +178,8 @@ impl Driver {
             quota_releases: 0,
             refuse_mail_rate: false,
             mail_rate_checks: 0,
+            sender_checks: Vec::new(),
+            denied_senders: Vec::new(),
         };
         d.run(64);
         d
@@ -334,6 +340,15 @@ impl Driver {
                     assert!(self.quota_reserved > 0, "ReleaseQuota without reservations");
                     self.quota_reserved = 0;
                     self.quota_releases += 1;
+                }
+                Action::CheckSender { user, sender } => {
+                    let verdict = if self.denied_senders.contains(&sender) {
+                        SenderVerdict::NotOwned
+                    } else {
+                        SenderVerdict::Allowed
+                    };
+                    self.sender_checks.push((user, sender));
+                    self.session.sender_result(verdict);
                 }
                 Action::CheckMailRate => {
                     self.mail_rate_checks += 1;

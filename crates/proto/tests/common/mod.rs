@@ -6,7 +6,7 @@
 use portcullis_proto::address::{Domain, Mailbox};
 use portcullis_proto::{
     Action, AuthOutcome, Credentials, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus,
-    Reply, Role, Session, SessionConfig,
+    Reply, Role, SenderVerdict, Session, SessionConfig,
 };
 
 include!("harness.rs");

@@ -41,6 +41,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawLog {
     pub format: Option<LogFormat>,
     pub level: Option<String>,
+    pub mail_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -80,6 +81,20 @@ pub(super) struct RawSecurity {
     pub auth_min_duration: Option<DurationValue>,
     pub max_auth_failures: Option<u32>,
     pub trusted_networks: Option<Vec<String>>,
+    pub password_min_length: Option<usize>,
+    pub password_max_age: Option<DurationValue>,
+    pub enforce_sender: Option<bool>,
+    pub check_header_from: Option<bool>,
+    pub bruteforce_window: Option<DurationValue>,
+    pub bruteforce_delay_after: Option<u32>,
+    pub bruteforce_delay: Option<DurationValue>,
+    pub bruteforce_block_after: Option<u32>,
+    pub bruteforce_subnet_window: Option<DurationValue>,
+    pub bruteforce_subnet_ban_after: Option<u32>,
+    pub ban_duration: Option<DurationValue>,
+    pub ban_max_duration: Option<DurationValue>,
+    pub usual_ip_ttl: Option<DurationValue>,
+    pub audit_retention: Option<DurationValue>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

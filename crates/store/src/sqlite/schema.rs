@@ -66,6 +66,67 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS usage_events_by_time
         ON usage_events (at_ms);
     "#,
+    // 3: account security: password age, 2FA, IP allowlists, granted
+    // senders, app passwords, the auth audit and bans. Allowlists are kept as
+    // newline-separated text (entries never contain control characters).
+    // Existing accounts take their last update as the password change time.
+    r#"
+    ALTER TABLE accounts ADD COLUMN password_changed_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE accounts SET password_changed_at = updated_at;
+    ALTER TABLE accounts ADD COLUMN totp_secret TEXT;
+    ALTER TABLE accounts ADD COLUMN allowed_ips TEXT NOT NULL DEFAULT '';
+
+    CREATE TABLE IF NOT EXISTS account_senders (
+        account  TEXT NOT NULL
+                 REFERENCES accounts (address) ON DELETE CASCADE,
+        sender   TEXT NOT NULL,
+        PRIMARY KEY (account, sender)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE IF NOT EXISTS app_passwords (
+        account       TEXT NOT NULL
+                      REFERENCES accounts (address) ON DELETE CASCADE,
+        name          TEXT NOT NULL COLLATE NOCASE,
+        digest        BLOB NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_used_at  INTEGER,
+        last_used_ip  TEXT,
+        expires_at    INTEGER,
+        allowed_ips   TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (account, name)
+    );
+
+    CREATE TABLE IF NOT EXISTS auth_events (
+        id            INTEGER PRIMARY KEY,
+        at_ms         INTEGER NOT NULL,
+        session_id    TEXT NOT NULL,
+        listener      TEXT NOT NULL,
+        client_ip     TEXT NOT NULL,
+        tls           TEXT,
+        claimed_user  TEXT NOT NULL,
+        mechanism     TEXT NOT NULL,
+        credential    TEXT,
+        success       INTEGER NOT NULL CHECK (success IN (0, 1)),
+        reason        TEXT NOT NULL
+    );
+
+    CREATE INDEX IF NOT EXISTS auth_events_by_time
+        ON auth_events (at_ms);
+
+    CREATE INDEX IF NOT EXISTS auth_events_by_user
+        ON auth_events (lower(claimed_user), at_ms);
+
+    CREATE INDEX IF NOT EXISTS auth_events_by_ip
+        ON auth_events (client_ip, at_ms);
+
+    CREATE TABLE IF NOT EXISTS bans (
+        network     TEXT PRIMARY KEY NOT NULL,
+        until_ms    INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        strikes     INTEGER NOT NULL CHECK (strikes >= 0)
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 use portcullis_store::password::hash_password;
-use portcullis_store::{AccountStatus, NewMessage, QueuedMessage, Store, StoreError};
+use portcullis_store::{
+    AccountStatus, AppPassword, AuthEvent, AuthEventFilter, Ban, NewMessage, QueuedMessage, Store,
+    StoreError,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -998,5 +1001,1165 @@ pub async fn suite_remove_account_usage(store: Arc<dyn Store>) {
     assert_eq!(
         store.usage_since("karl@example.com", 0).await.unwrap(),
         [20]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Account security (schema version 3)
+// ---------------------------------------------------------------------------
+
+/// A fake SHA-256 digest: 32 bytes of `byte`.
+pub fn digest(byte: u8) -> Vec<u8> {
+    vec![byte; 32]
+}
+
+pub fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// An auth event with the given time, user, IP and outcome.
+pub fn auth_event(at_ms: i64, user: &str, ip: &str, success: bool, reason: &str) -> AuthEvent {
+    AuthEvent {
+        at_ms,
+        session_id: format!("S{at_ms}"),
+        listener: "submission".to_owned(),
+        client_ip: ip.to_owned(),
+        tls: Some("TLSv1.3".to_owned()),
+        user: user.to_owned(),
+        mechanism: "PLAIN".to_owned(),
+        credential: success.then(|| "password".to_owned()),
+        success,
+        reason: reason.to_owned(),
+    }
+}
+
+/// The `at_ms` of each event, in the order given.
+pub fn times(events: &[AuthEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.at_ms).collect()
+}
+
+/// add/list/revoke/secrets/touch of app passwords: normalisation, errors,
+/// ordering, and listing never exposing digests.
+pub async fn suite_app_passwords(store: Arc<dyn Store>) {
+    let h = hash("pw");
+    store
+        .add_account("lena@example.com", &h, "basic")
+        .await
+        .unwrap();
+    let before = now();
+    store
+        .add_app_password(
+            " LENA@Example.com ",
+            " phone ",
+            &digest(1),
+            None,
+            &strings(&[" 192.0.2.0/24 ", "2001:db8::/32", "192.0.2.0/24"]),
+        )
+        .await
+        .unwrap();
+    store
+        .add_app_password(
+            "lena@example.com",
+            "Laptop.Work_2-x",
+            &digest(2),
+            Some(1_900_000_000),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let list = store.list_app_passwords("Lena@EXAMPLE.com").await.unwrap();
+    let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["Laptop.Work_2-x", "phone"], "ordered by name");
+    let phone = &list[1];
+    assert_eq!(phone.account, "lena@example.com");
+    assert!(phone.created_at >= before && phone.created_at <= now());
+    assert_eq!(phone.last_used_at, None);
+    assert_eq!(phone.last_used_ip, None);
+    assert_eq!(phone.expires_at, None);
+    assert_eq!(
+        phone.allowed_ips,
+        ["192.0.2.0/24", "2001:db8::/32"],
+        "trimmed, order kept, duplicates dropped"
+    );
+    assert_eq!(list[0].expires_at, Some(1_900_000_000));
+    assert!(list[0].allowed_ips.is_empty());
+    // The listed type has no digest field at all; its Debug output does not
+    // carry the digest bytes either.
+    let shown = format!("{list:?}");
+    assert!(!shown.contains("[1, 1, 1"), "{shown}");
+
+    let secrets = store
+        .app_password_secrets("LENA@example.com")
+        .await
+        .unwrap();
+    assert_eq!(secrets.len(), 2);
+    assert_eq!(secrets[0].name, "Laptop.Work_2-x");
+    assert_eq!(secrets[0].digest, digest(2));
+    assert_eq!(secrets[0].expires_at, Some(1_900_000_000));
+    assert_eq!(secrets[1].name, "phone");
+    assert_eq!(secrets[1].digest, digest(1));
+    assert_eq!(secrets[1].allowed_ips, ["192.0.2.0/24", "2001:db8::/32"]);
+    let shown = format!("{secrets:?}");
+    assert!(
+        !shown.contains("[1, 1, 1"),
+        "secrets' Debug shows the digest: {shown}"
+    );
+
+    // Unknown or malformed accounts have none.
+    assert!(
+        store
+            .app_password_secrets("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .app_password_secrets("garbage")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_app_passwords("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Errors.
+    assert_exists(
+        store
+            .add_app_password("lena@example.com", "phone", &digest(3), None, &[])
+            .await,
+        "phone",
+    );
+    assert_exists(
+        store
+            .add_app_password("lena@example.com", "PHONE", &digest(3), None, &[])
+            .await,
+        "PHONE",
+    );
+    assert_not_found(
+        store
+            .add_app_password("nobody@example.com", "phone", &digest(3), None, &[])
+            .await,
+        "nobody@example.com",
+    );
+    for bad in [
+        "",
+        "  ",
+        "my phone",
+        "phone!",
+        "tél",
+        "a/b",
+        &"x".repeat(65),
+    ] {
+        assert_invalid(
+            store
+                .add_app_password("lena@example.com", bad, &digest(3), None, &[])
+                .await,
+            &format!("name {bad:?}"),
+        );
+    }
+    assert!(
+        store
+            .add_app_password("lena@example.com", &"x".repeat(64), &digest(3), None, &[])
+            .await
+            .is_ok()
+    );
+    store
+        .revoke_app_password("lena@example.com", &"x".repeat(64))
+        .await
+        .unwrap();
+    for bad in [vec![], vec![0_u8; 31], vec![0_u8; 33], vec![0_u8; 64]] {
+        assert_invalid(
+            store
+                .add_app_password("lena@example.com", "tablet", &bad, None, &[])
+                .await,
+            &format!("digest of {} bytes", bad.len()),
+        );
+    }
+    for bad in [
+        strings(&[""]),
+        strings(&["  "]),
+        strings(&["192.0.2.0/24\u{0}"]),
+        strings(&["192.0.2.0/\u{7}24"]),
+        strings(&["192.0.2.0 /24"]),
+        vec!["1".repeat(65)],
+    ] {
+        assert_invalid(
+            store
+                .add_app_password("lena@example.com", "tablet", &digest(3), None, &bad)
+                .await,
+            &format!("allowed IPs {bad:?}"),
+        );
+    }
+    assert_invalid(
+        store
+            .add_app_password("bad address", "tablet", &digest(3), None, &[])
+            .await,
+        "account",
+    );
+    assert_eq!(
+        store.list_app_passwords("lena@example.com").await.unwrap(),
+        list,
+        "refused adds change nothing"
+    );
+
+    // touch records the last use.
+    store
+        .touch_app_password("Lena@example.com", "PHONE", 1_800_000_000, "192.0.2.9")
+        .await
+        .unwrap();
+    let list = store.list_app_passwords("lena@example.com").await.unwrap();
+    assert_eq!(list[1].last_used_at, Some(1_800_000_000));
+    assert_eq!(list[1].last_used_ip.as_deref(), Some("192.0.2.9"));
+    assert_eq!(list[0].last_used_at, None, "only the named one");
+    store
+        .touch_app_password("lena@example.com", "phone", 1_800_000_100, "2001:db8::7")
+        .await
+        .unwrap();
+    let list = store.list_app_passwords("lena@example.com").await.unwrap();
+    assert_eq!(list[1].last_used_at, Some(1_800_000_100));
+    assert_eq!(list[1].last_used_ip.as_deref(), Some("2001:db8::7"));
+    assert_not_found(
+        store
+            .touch_app_password("lena@example.com", "tablet", 1, "192.0.2.9")
+            .await,
+        "tablet",
+    );
+    for bad in ["", "192.0.2.9\r\n1", "a\u{0}b", &"1".repeat(65)] {
+        assert_invalid(
+            store
+                .touch_app_password("lena@example.com", "phone", 1, bad)
+                .await,
+            &format!("client IP {bad:?}"),
+        );
+    }
+    assert_eq!(
+        store.list_app_passwords("lena@example.com").await.unwrap()[1].last_used_at,
+        Some(1_800_000_100),
+        "refused touches change nothing"
+    );
+
+    // revoke.
+    assert_not_found(
+        store
+            .revoke_app_password("lena@example.com", "tablet")
+            .await,
+        "tablet",
+    );
+    assert_not_found(
+        store
+            .revoke_app_password("nobody@example.com", "phone")
+            .await,
+        "nobody@example.com",
+    );
+    assert_invalid(
+        store
+            .revoke_app_password("lena@example.com", "bad name")
+            .await,
+        "revoke name",
+    );
+    store
+        .revoke_app_password(" LENA@example.com", "Phone")
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list_app_passwords("lena@example.com")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p: AppPassword| p.name)
+        .collect();
+    assert_eq!(names, ["Laptop.Work_2-x"]);
+    assert_eq!(
+        store
+            .app_password_secrets("lena@example.com")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A revoked name can be used again.
+    store
+        .add_app_password("lena@example.com", "phone", &digest(4), None, &[])
+        .await
+        .unwrap();
+    let secrets = store
+        .app_password_secrets("lena@example.com")
+        .await
+        .unwrap();
+    assert_eq!(secrets[1].digest, digest(4));
+}
+
+/// account_security and its setters: defaults, TOTP, IP allowlists, granted
+/// senders, password_changed_at.
+pub async fn suite_account_security(store: Arc<dyn Store>) {
+    let h = hash("pw");
+    let before = now();
+    store
+        .add_account("mona@example.com", &h, "basic")
+        .await
+        .unwrap();
+    let security = store
+        .account_security(" MONA@example.com ")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(security.totp_secret, None, "2FA is off by default");
+    assert!(security.allowed_ips.is_empty());
+    assert!(security.allowed_senders.is_empty());
+    assert!(security.password_changed_at >= before && security.password_changed_at <= now());
+    assert_eq!(
+        store.account_security("nobody@example.com").await.unwrap(),
+        None
+    );
+    for bad in BAD_ADDRESSES {
+        assert_eq!(store.account_security(bad).await.unwrap(), None, "{bad:?}");
+    }
+
+    // set_password_hash moves password_changed_at (seconds: wait for the
+    // next one so the change is visible).
+    let first = security.password_changed_at;
+    while now() <= first {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    store
+        .set_password_hash("mona@example.com", &h)
+        .await
+        .unwrap();
+    let changed = store
+        .account_security("mona@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .password_changed_at;
+    assert!(changed > first && changed <= now());
+    // Other changes leave it alone.
+    store
+        .set_account_plan("mona@example.com", "pro")
+        .await
+        .unwrap();
+    store
+        .set_account_status("mona@example.com", AccountStatus::Disabled)
+        .await
+        .unwrap();
+
+    // TOTP.
+    store
+        .set_totp_secret("Mona@Example.com", Some(" JBSWY3DPEHPK3PXP "))
+        .await
+        .unwrap();
+    let security = store
+        .account_security("mona@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(security.totp_secret.as_deref(), Some("JBSWY3DPEHPK3PXP"));
+    assert_eq!(security.password_changed_at, changed);
+    assert!(
+        !format!("{security:?}").contains("JBSWY3DPEHPK3PXP"),
+        "Debug shows the TOTP secret"
+    );
+    for bad in [
+        "",
+        "   ",
+        "JBSWY3DP EHPK3PXP",
+        "JBSWY3DPEHPK3PX1",
+        "JBSW\u{0}Y3DP",
+    ] {
+        match store.set_totp_secret("mona@example.com", Some(bad)).await {
+            Err(StoreError::Invalid(msg)) => {
+                assert!(
+                    bad.trim().len() < 4 || !msg.contains(bad.trim()),
+                    "error echoes the secret: {msg}"
+                );
+            }
+            other => panic!("TOTP secret {bad:?}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_invalid(
+        store
+            .set_totp_secret("mona@example.com", Some(&"A".repeat(257)))
+            .await,
+        "long TOTP secret",
+    );
+    assert_not_found(
+        store
+            .set_totp_secret("nobody@example.com", Some("JBSWY3DPEHPK3PXP"))
+            .await,
+        "nobody@example.com",
+    );
+    assert_eq!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .totp_secret
+            .as_deref(),
+        Some("JBSWY3DPEHPK3PXP"),
+        "refused changes keep the secret"
+    );
+    store
+        .set_totp_secret("mona@example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .totp_secret,
+        None
+    );
+
+    // IP allowlist: replaced as a whole.
+    store
+        .set_allowed_ips(
+            "mona@example.com",
+            &strings(&["192.0.2.0/24", " 2001:db8::/48 "]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_ips,
+        ["192.0.2.0/24", "2001:db8::/48"]
+    );
+    store
+        .set_allowed_ips("mona@example.com", &strings(&["198.51.100.7"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_ips,
+        ["198.51.100.7"]
+    );
+    for bad in [
+        strings(&["198.51.100.7", ""]),
+        strings(&["198.51.100.7\n192.0.2.1"]),
+        vec!["9".repeat(65)],
+    ] {
+        assert_invalid(
+            store.set_allowed_ips("mona@example.com", &bad).await,
+            &format!("{bad:?}"),
+        );
+    }
+    assert_not_found(
+        store
+            .set_allowed_ips("nobody@example.com", &strings(&["192.0.2.1"]))
+            .await,
+        "nobody@example.com",
+    );
+    assert_eq!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_ips,
+        ["198.51.100.7"],
+        "refused changes keep the list"
+    );
+    store
+        .set_allowed_ips("mona@example.com", &[])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_ips
+            .is_empty()
+    );
+
+    // Granted senders.
+    store
+        .add_allowed_sender("mona@example.com", " Sales@Example.COM ")
+        .await
+        .unwrap();
+    store
+        .add_allowed_sender("MONA@example.com", "@Example.ORG")
+        .await
+        .unwrap();
+    store
+        .add_allowed_sender("mona@example.com", "info@[192.0.2.1]")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_security("mona@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_senders,
+        ["@example.org", "info@[192.0.2.1]", "sales@example.com"],
+        "normalised and sorted"
+    );
+    assert_exists(
+        store
+            .add_allowed_sender("mona@example.com", "SALES@example.com")
+            .await,
+        "sales@example.com",
+    );
+    assert_exists(
+        store
+            .add_allowed_sender("mona@example.com", "@example.org")
+            .await,
+        "@example.org",
+    );
+    for bad in [
+        "",
+        "@",
+        "sales",
+        "@exa mple.org",
+        "@-bad.example",
+        "@[192.0.2.1]",
+        "a@b@example.com",
+        "sa les@example.com",
+        "sales@",
+    ] {
+        assert_invalid(
+            store.add_allowed_sender("mona@example.com", bad).await,
+            &format!("sender {bad:?}"),
+        );
+    }
+    assert_not_found(
+        store
+            .add_allowed_sender("nobody@example.com", "x@example.com")
+            .await,
+        "nobody@example.com",
+    );
+    store
+        .remove_allowed_sender("mona@example.com", "Sales@example.com ")
+        .await
+        .unwrap();
+    assert_not_found(
+        store
+            .remove_allowed_sender("mona@example.com", "sales@example.com")
+            .await,
+        "sales@example.com",
+    );
+    assert_not_found(
+        store
+            .remove_allowed_sender("mona@example.com", "@EXAMPLE.net")
+            .await,
+        "@example.net",
+    );
+    assert_not_found(
+        store
+            .remove_allowed_sender("nobody@example.com", "@example.org")
+            .await,
+        "nobody@example.com",
+    );
+    assert_invalid(
+        store.remove_allowed_sender("mona@example.com", "@").await,
+        "remove malformed sender",
+    );
+    let security = store
+        .account_security("mona@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        security.allowed_senders,
+        ["@example.org", "info@[192.0.2.1]"]
+    );
+    assert_eq!(security.password_changed_at, changed);
+
+    // Senders are per account.
+    store
+        .add_account("nina@example.com", &h, "basic")
+        .await
+        .unwrap();
+    store
+        .add_allowed_sender("nina@example.com", "@example.org")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_security("nina@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed_senders,
+        ["@example.org"]
+    );
+}
+
+/// record_auth_events / auth_events / prune_auth_events: filters, order,
+/// limits, stored-as-given user, pruning.
+pub async fn suite_auth_events(store: Arc<dyn Store>) {
+    assert!(
+        store
+            .auth_events(&AuthEventFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.record_auth_events(&[]).await.unwrap();
+
+    let mut unknown = auth_event(
+        1_000,
+        "Nobody@Example.com",
+        "192.0.2.66",
+        false,
+        "unknown_user",
+    );
+    unknown.tls = None;
+    unknown.mechanism = "LOGIN".to_owned();
+    let mut app = auth_event(4_000, "olga@example.com", "2001:db8::5", true, "ok");
+    app.credential = Some("app:phone".to_owned());
+    let events = [
+        unknown.clone(),
+        auth_event(
+            2_000,
+            "olga@example.com",
+            "192.0.2.66",
+            false,
+            "bad_password",
+        ),
+        auth_event(3_000, "OLGA@example.com", "192.0.2.10", true, "ok"),
+        app.clone(),
+        // Same millisecond as the previous: recorded later, listed first.
+        auth_event(
+            4_000,
+            "olga@example.com",
+            "192.0.2.66",
+            false,
+            "ip_not_allowed",
+        ),
+    ];
+    store.record_auth_events(&events[..2]).await.unwrap();
+    store.record_auth_events(&events[2..]).await.unwrap();
+
+    let all = store
+        .auth_events(&AuthEventFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        times(&all),
+        [4_000, 4_000, 3_000, 2_000, 1_000],
+        "newest first"
+    );
+    assert_eq!(all[0], events[4]);
+    assert_eq!(all[1], app);
+    assert_eq!(all[4], unknown, "stored as given, round trip");
+    assert_eq!(all[4].user, "Nobody@Example.com");
+
+    // By user (case-insensitive, trimmed filter).
+    let olga = store
+        .auth_events(&AuthEventFilter {
+            user: Some(" Olga@EXAMPLE.com ".to_owned()),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(times(&olga), [4_000, 4_000, 3_000, 2_000]);
+    // By IP.
+    let ip = store
+        .auth_events(&AuthEventFilter {
+            ip: Some("192.0.2.66".to_owned()),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(times(&ip), [4_000, 2_000, 1_000]);
+    assert!(ip.iter().all(|e| e.client_ip == "192.0.2.66"));
+    // Failed only.
+    let failed = store
+        .auth_events(&AuthEventFilter {
+            failed_only: true,
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+        ["ip_not_allowed", "bad_password", "unknown_user"]
+    );
+    // Since (inclusive).
+    let since = store
+        .auth_events(&AuthEventFilter {
+            since_ms: Some(3_000),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(times(&since), [4_000, 4_000, 3_000]);
+    // Limit keeps the newest.
+    let limited = store
+        .auth_events(&AuthEventFilter {
+            limit: Some(2),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited, all[..2]);
+    let none = store
+        .auth_events(&AuthEventFilter {
+            limit: Some(0),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let huge = store
+        .auth_events(&AuthEventFilter {
+            limit: Some(usize::MAX),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(huge, all);
+    // Combined.
+    let combined = store
+        .auth_events(&AuthEventFilter {
+            user: Some("olga@example.com".to_owned()),
+            ip: Some("192.0.2.66".to_owned()),
+            failed_only: true,
+            since_ms: Some(1_500),
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(combined, [events[4].clone()]);
+    let nothing = store
+        .auth_events(&AuthEventFilter {
+            user: Some("nobody@example.com".to_owned()),
+            ip: Some("192.0.2.10".to_owned()),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+
+    // Garbage claimed users are stored (cut to 255 characters).
+    let mut garbage = auth_event(5_000, &"é".repeat(300), "192.0.2.99", false, "unknown_user");
+    garbage.mechanism = "X".repeat(1_000);
+    store
+        .record_auth_events(std::slice::from_ref(&garbage))
+        .await
+        .unwrap();
+    let latest = store
+        .auth_events(&AuthEventFilter {
+            limit: Some(1),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(latest[0].user, "é".repeat(255));
+    assert_eq!(latest[0].mechanism, "X".repeat(255));
+    let odd = auth_event(5_001, "a b\tc\u{0}", "192.0.2.99", false, "unknown_user");
+    store
+        .record_auth_events(std::slice::from_ref(&odd))
+        .await
+        .unwrap();
+    let latest = store
+        .auth_events(&AuthEventFilter {
+            limit: Some(1),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(latest, [odd]);
+
+    // Pruning: at or before the cutoff.
+    assert_eq!(store.prune_auth_events(2_000).await.unwrap(), 2);
+    assert_eq!(store.prune_auth_events(2_000).await.unwrap(), 0);
+    let left = store
+        .auth_events(&AuthEventFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(times(&left), [5_001, 5_000, 4_000, 4_000, 3_000]);
+    assert_eq!(store.prune_auth_events(i64::MAX).await.unwrap(), 5);
+    assert!(
+        store
+            .auth_events(&AuthEventFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// upsert_ban / list_bans / remove_ban: normalisation, upsert, activity.
+pub async fn suite_bans(store: Arc<dyn Store>) {
+    assert!(store.list_bans(0).await.unwrap().is_empty());
+    let ban = Ban {
+        network: " 192.0.2.77/24 ".to_owned(),
+        until_ms: 10_000,
+        reason: "too many authentication failures".to_owned(),
+        created_ms: 1_000,
+        strikes: 1,
+    };
+    store.upsert_ban(&ban).await.unwrap();
+    store
+        .upsert_ban(&Ban {
+            network: "2001:DB8:0:0:1::5/64".to_owned(),
+            until_ms: 20_000,
+            reason: "manual".to_owned(),
+            created_ms: 2_000,
+            strikes: 0,
+        })
+        .await
+        .unwrap();
+    store
+        .upsert_ban(&Ban {
+            network: "198.51.100.9/32".to_owned(),
+            until_ms: 5_000,
+            reason: String::new(),
+            created_ms: 2_000,
+            strikes: 2,
+        })
+        .await
+        .unwrap();
+
+    let bans = store.list_bans(0).await.unwrap();
+    let networks: Vec<&str> = bans.iter().map(|b| b.network.as_str()).collect();
+    assert_eq!(
+        networks,
+        ["192.0.2.0/24", "198.51.100.9", "2001:db8::/64"],
+        "normalised and sorted"
+    );
+    assert_eq!(
+        bans[0],
+        Ban {
+            network: "192.0.2.0/24".to_owned(),
+            ..ban.clone()
+        }
+    );
+    assert_eq!(bans[1].strikes, 2);
+
+    // Active means until_ms > now_ms.
+    let networks =
+        |bans: Vec<Ban>| -> Vec<String> { bans.into_iter().map(|b| b.network).collect() };
+    assert_eq!(
+        networks(store.list_bans(5_000).await.unwrap()),
+        ["192.0.2.0/24", "2001:db8::/64"]
+    );
+    assert_eq!(
+        networks(store.list_bans(10_000).await.unwrap()),
+        ["2001:db8::/64"]
+    );
+    assert!(store.list_bans(20_000).await.unwrap().is_empty());
+
+    // Upsert by (normalised) network replaces every field.
+    store
+        .upsert_ban(&Ban {
+            network: "192.0.2.0/24".to_owned(),
+            until_ms: 50_000,
+            reason: "repeat".to_owned(),
+            created_ms: 30_000,
+            strikes: 2,
+        })
+        .await
+        .unwrap();
+    let bans = store.list_bans(20_000).await.unwrap();
+    assert_eq!(
+        bans,
+        [Ban {
+            network: "192.0.2.0/24".to_owned(),
+            until_ms: 50_000,
+            reason: "repeat".to_owned(),
+            created_ms: 30_000,
+            strikes: 2,
+        }]
+    );
+    // An expired ban can be renewed too.
+    store
+        .upsert_ban(&Ban {
+            network: "198.51.100.9".to_owned(),
+            until_ms: 60_000,
+            reason: "again".to_owned(),
+            created_ms: 40_000,
+            strikes: u32::MAX,
+        })
+        .await
+        .unwrap();
+    let bans = store.list_bans(20_000).await.unwrap();
+    assert_eq!(bans.len(), 2);
+    assert_eq!(bans[1].network, "198.51.100.9");
+    assert_eq!(bans[1].strikes, u32::MAX);
+
+    // Invalid input.
+    for bad in [
+        "",
+        "example.com",
+        "192.0.2.1/33",
+        "192.0.2.1/",
+        "192.0.2.1/+8",
+        "2001:db8::/129",
+        "192.0.2.256",
+        "192.0.2.1/24/8",
+        "fe80::1%eth0",
+    ] {
+        assert_invalid(
+            store
+                .upsert_ban(&Ban {
+                    network: bad.to_owned(),
+                    ..ban.clone()
+                })
+                .await,
+            &format!("network {bad:?}"),
+        );
+    }
+    assert_invalid(
+        store
+            .upsert_ban(&Ban {
+                reason: "a\nb".to_owned(),
+                ..ban.clone()
+            })
+            .await,
+        "reason with a newline",
+    );
+    assert_invalid(
+        store
+            .upsert_ban(&Ban {
+                reason: "r".repeat(256),
+                ..ban.clone()
+            })
+            .await,
+        "long reason",
+    );
+
+    // Remove: normalised, expired ones too, NotFound naming the network.
+    store.remove_ban("192.0.2.200/24").await.unwrap();
+    assert_not_found(store.remove_ban("192.0.2.0/24").await, "192.0.2.0/24");
+    assert_not_found(store.remove_ban("203.0.113.1/32").await, "203.0.113.1");
+    store.remove_ban("2001:db8:0::/64").await.unwrap();
+    assert_invalid(store.remove_ban("nonsense").await, "remove nonsense");
+    assert_eq!(
+        networks(store.list_bans(i64::MIN).await.unwrap()),
+        ["198.51.100.9"]
+    );
+    store.remove_ban("198.51.100.9").await.unwrap();
+    assert!(store.list_bans(i64::MIN).await.unwrap().is_empty());
+}
+
+/// remove_account deletes the account's app passwords and granted senders,
+/// and only those; auth events and bans stay.
+pub async fn suite_remove_account_security(store: Arc<dyn Store>) {
+    let h = hash("pw");
+    for who in ["pia@example.com", "quinn@example.com"] {
+        store.add_account(who, &h, "basic").await.unwrap();
+        store
+            .add_app_password(who, "phone", &digest(9), None, &[])
+            .await
+            .unwrap();
+        store.add_allowed_sender(who, "@example.org").await.unwrap();
+        store
+            .set_totp_secret(who, Some("JBSWY3DPEHPK3PXP"))
+            .await
+            .unwrap();
+        store
+            .set_allowed_ips(who, &strings(&["192.0.2.0/24"]))
+            .await
+            .unwrap();
+    }
+    store
+        .record_auth_events(&[auth_event(1, "pia@example.com", "192.0.2.1", true, "ok")])
+        .await
+        .unwrap();
+    store
+        .upsert_ban(&Ban {
+            network: "203.0.113.0/24".to_owned(),
+            until_ms: i64::MAX,
+            reason: String::new(),
+            created_ms: 0,
+            strikes: 1,
+        })
+        .await
+        .unwrap();
+
+    store.remove_account("PIA@example.com").await.unwrap();
+    assert_eq!(
+        store.account_security("pia@example.com").await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .list_app_passwords("pia@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .app_password_secrets("pia@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The other account keeps everything.
+    assert_eq!(
+        store
+            .app_password_secrets("quinn@example.com")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let quinn = store
+        .account_security("quinn@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(quinn.allowed_senders, ["@example.org"]);
+    assert_eq!(quinn.allowed_ips, ["192.0.2.0/24"]);
+    assert!(quinn.totp_secret.is_some());
+    // The audit and bans are not the account's.
+    assert_eq!(
+        store
+            .auth_events(&AuthEventFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.list_bans(0).await.unwrap().len(), 1);
+
+    // Re-creating the account starts clean.
+    store
+        .add_account("pia@example.com", &h, "basic")
+        .await
+        .unwrap();
+    let pia = store
+        .account_security("pia@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pia.totp_secret, None);
+    assert!(pia.allowed_ips.is_empty());
+    assert!(pia.allowed_senders.is_empty());
+    assert!(
+        store
+            .list_app_passwords("pia@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .add_app_password("pia@example.com", "phone", &digest(1), None, &[])
+        .await
+        .unwrap();
+}
+
+/// Two handles (server and admin CLI) see each other's security writes.
+pub async fn suite_shared_security(server: Arc<dyn Store>, cli: Arc<dyn Store>) {
+    let h = hash("pw");
+    cli.add_account("rita@example.com", &h, "basic")
+        .await
+        .unwrap();
+    cli.add_app_password(
+        "rita@example.com",
+        "phone",
+        &digest(5),
+        Some(2_000_000_000),
+        &strings(&["192.0.2.0/24"]),
+    )
+    .await
+    .unwrap();
+    let secrets = server
+        .app_password_secrets("rita@example.com")
+        .await
+        .unwrap();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].digest, digest(5));
+    server
+        .touch_app_password("rita@example.com", "phone", 1_800_000_000, "192.0.2.3")
+        .await
+        .unwrap();
+    let listed = cli.list_app_passwords("rita@example.com").await.unwrap();
+    assert_eq!(listed[0].last_used_ip.as_deref(), Some("192.0.2.3"));
+
+    cli.set_totp_secret("rita@example.com", Some("JBSWY3DPEHPK3PXP"))
+        .await
+        .unwrap();
+    cli.set_allowed_ips("rita@example.com", &strings(&["2001:db8::/32"]))
+        .await
+        .unwrap();
+    cli.add_allowed_sender("rita@example.com", "@example.org")
+        .await
+        .unwrap();
+    let security = server
+        .account_security("rita@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(security.totp_secret.is_some());
+    assert_eq!(security.allowed_ips, ["2001:db8::/32"]);
+    assert_eq!(security.allowed_senders, ["@example.org"]);
+
+    server
+        .record_auth_events(&[
+            auth_event(10, "rita@example.com", "192.0.2.3", true, "ok"),
+            auth_event(11, "rita@example.com", "192.0.2.4", false, "bad_password"),
+        ])
+        .await
+        .unwrap();
+    let events = cli
+        .auth_events(&AuthEventFilter {
+            user: Some("rita@example.com".to_owned()),
+            ..AuthEventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(times(&events), [11, 10]);
+    assert_eq!(cli.prune_auth_events(10).await.unwrap(), 1);
+    assert_eq!(
+        times(
+            &server
+                .auth_events(&AuthEventFilter::default())
+                .await
+                .unwrap()
+        ),
+        [11]
+    );
+
+    server
+        .upsert_ban(&Ban {
+            network: "192.0.2.4".to_owned(),
+            until_ms: 100,
+            reason: "brute force".to_owned(),
+            created_ms: 1,
+            strikes: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cli.list_bans(0).await.unwrap().len(), 1);
+    cli.remove_ban("192.0.2.4/32").await.unwrap();
+    assert!(server.list_bans(0).await.unwrap().is_empty());
+
+    cli.revoke_app_password("rita@example.com", "phone")
+        .await
+        .unwrap();
+    assert!(
+        server
+            .app_password_secrets("rita@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_not_found(
+        server
+            .touch_app_password("rita@example.com", "phone", 1, "192.0.2.3")
+            .await,
+        "phone",
     );
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue 5 benchmark: throughput with plan enforcement on vs off, same binary,
+# same machine, alternating rounds so drift hits both sides alike.
+#
+#   bench/plans-on-off.sh [ROUNDS] [CONNECTIONS] [MESSAGES_PER_CONNECTION] [RECIPIENTS]
+#
+# Needs release builds: cargo build --release -p portcullis -p portcullis-load
+# (set BIN_DIR if they live elsewhere). Prints one line per run and the medians.
+set -euo pipefail
+ROUNDS=${1:-3}; CONNS=${2:-8}; MSGS=${3:-200}; RCPTS=${4:-5}
+BIN_DIR=${BIN_DIR:-target/release}
+PORTCULLIS="$BIN_DIR/portcullis"; LOAD="$BIN_DIR/portcullis-load"
+WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+PASS="bench password $(date +%s) xyz"
+
+run_once() { # $1 = true|false (enforce)
+    local dir="$WORK/$1-$RANDOM"; mkdir -p "$dir"
+    local port=$((20000 + RANDOM % 20000))
+    cat > "$dir/portcullis.toml" <<TOML
+[listeners.smtp]
+enabled = false
+[listeners.submission]
+enabled = false
+[listeners.submissions]
+address = "127.0.0.1:$port"
+[security]
+auth_min_duration = "0ms"
+[throttle]
+connections_per_minute = 0
+[usage]
+enforce = $1
+[plans.bench]
+emails_per_hour = 100000000
+TOML
+    export PORTCULLIS_DATA_DIR="$dir/data" PORTCULLIS_CONFIG="$dir/portcullis.toml"
+    echo "$PASS" | "$PORTCULLIS" account add bench@example.com --plan bench --password-stdin >/dev/null
+    "$PORTCULLIS" serve 2>"$dir/serve.log" &
+    local pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+    "$LOAD" send --addr "127.0.0.1:$port" --tls implicit --ca "$dir/data/tls/cert.pem" \
+        --user bench@example.com --password "$PASS" -c "$CONNS" -n "$MSGS" -r "$RCPTS" --size 4k --json \
+        > "$dir/result.json" || true
+    kill -TERM $pid; wait $pid 2>/dev/null || true
+    python3 -c "import json,sys; r=json.load(open('$dir/result.json')); print(r['messages_per_s'])"
+}
+
+on=(); off=()
+for r in $(seq "$ROUNDS"); do
+    a=$(run_once true); b=$(run_once false)
+    echo "round $r: enforce=on ${a} msg/s   enforce=off ${b} msg/s"
+    on+=("$a"); off+=("$b")
+done
+python3 - "${on[*]}" "${off[*]}" <<'PY'
+import statistics, sys
+on = [float(x) for x in sys.argv[1].split()]
+off = [float(x) for x in sys.argv[2].split()]
+mo, mf = statistics.median(on), statistics.median(off)
+print(f"median enforce=on {mo:.1f} msg/s, enforce=off {mf:.1f} msg/s, on/off = {mo/mf:.3f} ({(1-mo/mf)*100:+.1f}% cost)")
+PY
