@@ -1,7 +1,6 @@
 //! What the subcommands share: global options, config loading, opening the
 //! store, error wording and plain-text output helpers.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -190,31 +189,14 @@ pub fn format_time_ms(unix_ms: i64) -> String {
 /// A wait in milliseconds as `12m30s`, rounded up to the whole second
 /// (`1h`, `2m5s`, `1s`; at least `1s`).
 pub fn format_wait(ms: i64) -> String {
-    let secs = u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1);
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
+    portcullis_server::throttle::human_duration(u64::try_from(ms).unwrap_or(0))
 }
 
 /// An IP network from the command line: CIDR (`192.0.2.0/24`,
 /// `2001:db8::/32`) or a bare address (a /32 or /128). Host bits are
 /// cleared, so `192.0.2.7/24` is `192.0.2.0/24`. `what` names the argument.
 pub fn parse_network(what: &str, text: &str) -> anyhow::Result<IpNet> {
-    let trimmed = text.trim();
-    let parsed = if trimmed.contains('/') {
-        trimmed.parse::<IpNet>().ok().map(|net| net.trunc())
-    } else {
-        trimmed.parse::<IpAddr>().ok().map(IpNet::from)
-    };
+    let parsed = portcullis_server::security::bans::parse_network(text);
     parsed.ok_or_else(|| {
         anyhow!(
             "{what}: invalid network {text:?} (use an IP address or CIDR, e.g. 192.0.2.7, 192.0.2.0/24 or 2001:db8::/48)"

@@ -1042,12 +1042,7 @@ fn validate_plan(name: &str, plan: &Plan) -> Result<(), ConfigError> {
 /// A trusted network: CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare IP
 /// (a /32 or /128). Host bits are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
 fn parse_network(key: &str, text: &str) -> Result<IpNet, ConfigError> {
-    let trimmed = text.trim();
-    let parsed = if trimmed.contains('/') {
-        trimmed.parse::<IpNet>().ok().map(|net| net.trunc())
-    } else {
-        trimmed.parse::<IpAddr>().ok().map(IpNet::from)
-    };
+    let parsed = crate::security::bans::parse_network(text);
     parsed.ok_or_else(|| {
         ConfigError::invalid(
             key,
