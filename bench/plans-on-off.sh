@@ -11,7 +11,7 @@ ROUNDS=${1:-3}; CONNS=${2:-8}; MSGS=${3:-200}; RCPTS=${4:-5}
 BIN_DIR=${BIN_DIR:-target/release}
 PORTCULLIS="$BIN_DIR/portcullis"; LOAD="$BIN_DIR/portcullis-load"
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-PASS="bench password $(date +%s) xyz"
+PASS="violet-harbor-quartz-$(date +%s)"
 
 run_once() { # $1 = true|false (enforce)
     local dir="$WORK/$1-$RANDOM"; mkdir -p "$dir"
@@ -33,7 +33,7 @@ enforce = $1
 emails_per_hour = 100000000
 TOML
     export PORTCULLIS_DATA_DIR="$dir/data" PORTCULLIS_CONFIG="$dir/portcullis.toml"
-    echo "$PASS" | "$PORTCULLIS" account add bench@example.com --plan bench --password-stdin >/dev/null
+    echo "$PASS" | "$PORTCULLIS" account add bench@example.com --plan bench --password-stdin >/dev/null 2>&1
     "$PORTCULLIS" serve 2>"$dir/serve.log" &
     local pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

@@ -95,6 +95,8 @@ struct Driver {
     reserved: Option<(String, Vec<i64>)>,
     /// The session id of the logs and the auth audit.
     sid: String,
+    /// The sending plan read at the first RCPT of the current transaction.
+    tx_plan: Option<(String, crate::config::Plan)>,
     /// The start of the current message, up to the end of its header block
     /// (bounded by `HEADER_CAPTURE`), for the header From: check.
     headers: Vec<u8>,
@@ -124,6 +126,7 @@ pub(crate) async fn serve(
         tls_info,
         spool: None,
         reserved: None,
+        tx_plan: None,
         sid,
         headers: Vec::new(),
     };
@@ -191,7 +194,11 @@ impl Driver {
                     session.auth_result(outcome);
                 }
                 Action::ReserveQuota { user } => {
-                    let (outcome, grant) = self.shared.quota.reserve(&user, now_ms()).await;
+                    let (outcome, grant) = self
+                        .shared
+                        .quota
+                        .reserve_cached(&user, now_ms(), &mut self.tx_plan)
+                        .await;
                     if let Some(grant) = grant {
                         session.set_account_limits(grant.max_recipients, grant.max_message_size);
                         match &mut self.reserved {
@@ -201,6 +208,11 @@ impl Driver {
                                 self.reserved = Some((user, vec![grant.at_ms]));
                             }
                         }
+                    }
+                    if self.reserved.is_none() {
+                        // The cache lives only as long as the transaction's
+                        // reservations, which always end with it.
+                        self.tx_plan = None;
                     }
                     session.quota_result(outcome);
                 }
@@ -262,6 +274,7 @@ impl Driver {
                         }
                         (None, _) => portcullis_proto::EnqueueOutcome::TemporaryFailure,
                     };
+                    self.tx_plan = None;
                     if let portcullis_proto::EnqueueOutcome::Queued { .. } = outcome {
                         // Now durable in usage_events: they stay counted.
                         self.reserved = None;
@@ -288,6 +301,7 @@ impl Driver {
     }
 
     fn release_quota(&mut self) {
+        self.tx_plan = None;
         if let Some((user, stamps)) = self.reserved.take() {
             self.shared.quota.release(&user, &stamps);
         }

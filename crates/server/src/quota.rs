@@ -90,12 +90,31 @@ impl QuotaService {
 
     /// Counts one email for `user` at `now` if the plan allows it.
     pub async fn reserve(&self, user: &str, now: i64) -> (QuotaOutcome, Option<Grant>) {
+        self.reserve_cached(user, now, &mut None).await
+    }
+
+    /// Like [`reserve`](Self::reserve), reusing the plan looked up earlier in
+    /// the same transaction: a plan change applies from the next transaction
+    /// (of every open session), and a message with many recipients costs one
+    /// plan lookup instead of one per RCPT.
+    pub async fn reserve_cached(
+        &self,
+        user: &str,
+        now: i64,
+        cache: &mut Option<(String, Plan)>,
+    ) -> (QuotaOutcome, Option<Grant>) {
         if !self.config.usage.enforce {
             return (QuotaOutcome::Granted, None);
         }
-        let (name, plan) = match self.plan_of(user).await {
-            Ok(p) => p,
-            Err(outcome) => return (outcome, None),
+        let (name, plan) = match cache {
+            Some(p) => p.clone(),
+            None => match self.plan_of(user).await {
+                Ok(p) => {
+                    *cache = Some(p.clone());
+                    p
+                }
+                Err(outcome) => return (outcome, None),
+            },
         };
         let Ok(mut windows) = self.windows.lock() else {
             return (QuotaOutcome::TemporaryFailure, None);

@@ -175,7 +175,7 @@ async fn ten_per_hour_plan_end_to_end() {
     let t = server.transport("ten@example.com");
     let (code, _) = send(&t, "ten@example.com", 11).await.unwrap_err();
     assert_eq!(code, 451);
-    // A plan change applies at once (the next RCPT re-reads the plan).
+    // A plan change applies at once: the next transaction re-reads the plan.
     store
         .set_account_plan("ten@example.com", "standard")
         .await

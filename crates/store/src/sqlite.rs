@@ -439,23 +439,33 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| insert_error("enqueue", &message.id, e))?;
-        for (position, address) in (0_i64..).zip(&message.recipients) {
-            sqlx::query(
-                "INSERT INTO queue_recipients (message_id, position, address) VALUES (?, ?, ?)",
-            )
-            .bind(&message.id)
-            .bind(position)
-            .bind(address)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| unavailable("enqueue: recipient", e))?;
+        // Multi-row INSERTs: one statement per table (in chunks well under
+        // SQLite's bound-parameter limit), not one round trip per row.
+        let positions: Vec<(i64, &String)> = (0_i64..).zip(&message.recipients).collect();
+        for chunk in positions.chunks(300) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO queue_recipients (message_id, position, address) ",
+            );
+            q.push_values(chunk, |mut row, (position, address)| {
+                row.push_bind(&message.id)
+                    .push_bind(*position)
+                    .push_bind(*address);
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unavailable("enqueue: recipient", e))?;
         }
         // normalize_new_message refuses usage without an auth user.
         if let Some(account) = &message.auth_user {
-            for at_ms in &message.usage_ms {
-                sqlx::query("INSERT INTO usage_events (account, at_ms) VALUES (?, ?)")
-                    .bind(account)
-                    .bind(at_ms)
+            for chunk in message.usage_ms.chunks(400) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO usage_events (account, at_ms) ",
+                );
+                q.push_values(chunk, |mut row, at_ms| {
+                    row.push_bind(account).push_bind(*at_ms);
+                });
+                q.build()
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| unavailable("enqueue: usage", e))?;
