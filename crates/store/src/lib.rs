@@ -315,7 +315,7 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_all_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>>;
 
     /// Deletes every usage event at or before `before_ms` and returns how many
-    /// were deleted.
+    /// were deleted (emails, whatever the storage grouping).
     async fn prune_usage(&self, before_ms: i64) -> Result<u64>;
 
     // --- Account security (schema version 3) -------------------------------

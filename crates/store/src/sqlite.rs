@@ -458,12 +458,22 @@ impl Store for SqliteStore {
         }
         // normalize_new_message refuses usage without an auth user.
         if let Some(account) = &message.auth_user {
-            for chunk in message.usage_ms.chunks(400) {
+            // Equal timestamps share one row with a count.
+            let mut grouped: Vec<(i64, i64)> = Vec::new();
+            let mut sorted = message.usage_ms.clone();
+            sorted.sort_unstable();
+            for at_ms in sorted {
+                match grouped.last_mut() {
+                    Some((t, n)) if *t == at_ms => *n += 1,
+                    _ => grouped.push((at_ms, 1)),
+                }
+            }
+            for chunk in grouped.chunks(300) {
                 let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "INSERT INTO usage_events (account, at_ms) ",
+                    "INSERT INTO usage_events (account, at_ms, count) ",
                 );
-                q.push_values(chunk, |mut row, at_ms| {
-                    row.push_bind(account).push_bind(*at_ms);
+                q.push_values(chunk, |mut row, (at_ms, count)| {
+                    row.push_bind(account).push_bind(*at_ms).push_bind(*count);
                 });
                 q.build()
                     .execute(&mut *tx)
@@ -519,33 +529,56 @@ impl Store for SqliteStore {
         let Ok(account) = normalize_address(account) else {
             return Ok(Vec::new());
         };
-        sqlx::query_scalar(
-            "SELECT at_ms FROM usage_events WHERE account = ? AND at_ms > ? ORDER BY at_ms",
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT at_ms, count FROM usage_events WHERE account = ? AND at_ms > ? ORDER BY at_ms",
         )
         .bind(&account)
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| unavailable("usage_since", e))
+        .map_err(|e| unavailable("usage_since", e))?;
+        Ok(rows
+            .into_iter()
+            .flat_map(|(t, n)| std::iter::repeat_n(t, usize::try_from(n).unwrap_or(0)))
+            .collect())
     }
 
     async fn usage_all_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
-        sqlx::query_as(
-            "SELECT account, at_ms FROM usage_events WHERE at_ms > ? ORDER BY account, at_ms",
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT account, at_ms, count FROM usage_events WHERE at_ms > ? ORDER BY account, at_ms",
         )
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| unavailable("usage_all_since", e))
+        .map_err(|e| unavailable("usage_all_since", e))?;
+        Ok(rows
+            .into_iter()
+            .flat_map(|(a, t, n)| std::iter::repeat_n((a, t), usize::try_from(n).unwrap_or(0)))
+            .collect())
     }
 
     async fn prune_usage(&self, before_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM usage_events WHERE at_ms <= ?")
-            .bind(before_ms)
-            .execute(&self.pool)
+        // Reports emails (the sum of counts), not rows.
+        let mut tx = self
+            .pool
+            .begin()
             .await
             .map_err(|e| unavailable("prune_usage", e))?;
-        Ok(done.rows_affected())
+        let emails: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(count), 0) FROM usage_events WHERE at_ms <= ?")
+                .bind(before_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| unavailable("prune_usage", e))?;
+        sqlx::query("DELETE FROM usage_events WHERE at_ms <= ?")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable("prune_usage", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("prune_usage", e))?;
+        Ok(u64::try_from(emails).unwrap_or(0))
     }
 
     async fn add_app_password(

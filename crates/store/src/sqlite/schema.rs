@@ -127,6 +127,13 @@ const MIGRATIONS: &[&str] = &[
         strikes     INTEGER NOT NULL CHECK (strikes >= 0)
     );
     "#,
+    // 4: usage rows carry a count (all emails of one message counted in the
+    // same millisecond share a row), and the time-only index goes: pruning
+    // and the startup load are rare scans, while every enqueue paid for it.
+    r#"
+    ALTER TABLE usage_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
+    DROP INDEX IF EXISTS usage_events_by_time;
+    "#,
 ];
 
 /// The schema version this build creates and understands.
