@@ -40,20 +40,24 @@ TOML
     "$LOAD" send --addr "127.0.0.1:$port" --tls implicit --ca "$dir/data/tls/cert.pem" \
         --user bench@example.com --password "$PASS" -c "$CONNS" -n "$MSGS" -r "$RCPTS" --size 4k --json \
         > "$dir/result.json" || true
+    # Server CPU time (user+sys clock ticks) spent on the run: less noisy than
+    # wall-clock throughput on a shared machine.
+    local ticks; ticks=$(awk '{print $14 + $15}' /proc/$pid/stat)
     kill -TERM $pid; wait $pid 2>/dev/null || true
-    python3 -c "import json,sys; r=json.load(open('$dir/result.json')); print(r['messages_per_s'])"
+    python3 -c "import json,os; r=json.load(open('$dir/result.json')); hz=os.sysconf('SC_CLK_TCK'); n=r['messages_ok'] if 'messages_ok' in r else r['messages']; print(f\"{r['messages_per_s']:.1f} {1e6*$ticks/hz/max(n,1):.0f}\")"
 }
 
-on=(); off=()
+on=(); off=(); con=(); coff=()
 for r in $(seq "$ROUNDS"); do
-    a=$(run_once true); b=$(run_once false)
-    echo "round $r: enforce=on ${a} msg/s   enforce=off ${b} msg/s"
-    on+=("$a"); off+=("$b")
+    read -r a ca < <(run_once true); read -r b cb < <(run_once false)
+    echo "round $r: enforce=on ${a} msg/s ${ca} us-cpu/msg   enforce=off ${b} msg/s ${cb} us-cpu/msg"
+    on+=("$a"); off+=("$b"); con+=("$ca"); coff+=("$cb")
 done
-python3 - "${on[*]}" "${off[*]}" <<'PY'
+python3 - "${on[*]}" "${off[*]}" "${con[*]}" "${coff[*]}" <<'PY'
 import statistics, sys
-on = [float(x) for x in sys.argv[1].split()]
-off = [float(x) for x in sys.argv[2].split()]
+on, off, con, coff = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 mo, mf = statistics.median(on), statistics.median(off)
-print(f"median enforce=on {mo:.1f} msg/s, enforce=off {mf:.1f} msg/s, on/off = {mo/mf:.3f} ({(1-mo/mf)*100:+.1f}% cost)")
+co, cf = statistics.median(con), statistics.median(coff)
+print(f"throughput: median enforce=on {mo:.1f} msg/s, off {mf:.1f} msg/s, on/off = {mo/mf:.3f}")
+print(f"server CPU per message: median on {co:.0f} us, off {cf:.0f} us, on/off = {co/cf:.3f} ({(co/cf-1)*100:+.1f}% CPU)")
 PY
