@@ -475,10 +475,6 @@ impl Store for SqliteStore {
                 q.push_values(chunk, |mut row, (at_ms, count)| {
                     row.push_bind(account).push_bind(*at_ms).push_bind(*count);
                 });
-                // Another message of the same account in the same millisecond.
-                q.push(
-                    " ON CONFLICT (account, at_ms) DO UPDATE SET count = count + excluded.count",
-                );
                 q.build()
                     .execute(&mut *tx)
                     .await

@@ -134,21 +134,6 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
     DROP INDEX IF EXISTS usage_events_by_time;
     "#,
-    // 5: usage as one clustered B-tree keyed by (account, at_ms) instead of a
-    // rowid table plus an index: one B-tree insert per row on the enqueue
-    // path instead of two. Rows of the same millisecond are merged (upsert).
-    r#"
-    CREATE TABLE usage_counts (
-        account TEXT NOT NULL,
-        at_ms   INTEGER NOT NULL,
-        count   INTEGER NOT NULL CHECK (count >= 1),
-        PRIMARY KEY (account, at_ms)
-    ) WITHOUT ROWID;
-    INSERT INTO usage_counts (account, at_ms, count)
-        SELECT account, at_ms, SUM(count) FROM usage_events GROUP BY account, at_ms;
-    DROP TABLE usage_events;
-    ALTER TABLE usage_counts RENAME TO usage_events;
-    "#,
 ];
 
 /// The schema version this build creates and understands.
