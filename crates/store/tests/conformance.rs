@@ -84,6 +84,12 @@ async fn sqlite_usage() {
 }
 
 #[tokio::test]
+async fn sqlite_usage_same_millisecond() {
+    let (_dir, store) = fresh().await;
+    suite_usage_same_millisecond(store).await;
+}
+
+#[tokio::test]
 async fn sqlite_remove_account_usage() {
     let (_dir, store) = fresh().await;
     suite_remove_account_usage(store).await;

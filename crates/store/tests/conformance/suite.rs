@@ -2163,3 +2163,36 @@ pub async fn suite_shared_security(server: Arc<dyn Store>, cli: Arc<dyn Store>) 
         "phone",
     );
 }
+
+/// Two messages of one account counted in the same millisecond (concurrent
+/// sessions) both count: no usage is lost to storage grouping.
+pub async fn suite_usage_same_millisecond(store: Arc<dyn Store>) {
+    let h = hash("pw");
+    store
+        .add_account("carol@example.com", &h, "basic")
+        .await
+        .unwrap();
+    for id in ["S1", "S2"] {
+        store
+            .enqueue(&message_with_usage(
+                id,
+                "carol@example.com",
+                &["a@example.net", "b@example.net"],
+                &[7_000, 7_000],
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.usage_since("carol@example.com", 0).await.unwrap(),
+        vec![7_000; 4]
+    );
+    assert_eq!(store.prune_usage(7_000).await.unwrap(), 4);
+    assert!(
+        store
+            .usage_since("carol@example.com", 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
