@@ -123,6 +123,33 @@ impl SqliteStore {
             .await
             .map_err(|e| unavailable(what, e))
     }
+
+    /// Sets one column of an account (and `updated_at`); `NotFound` if the
+    /// (normalised) address has no account. `column` is one of our own
+    /// column names, never input.
+    async fn update_account_column<T>(
+        &self,
+        what: &str,
+        column: &'static str,
+        value: T,
+        address: String,
+    ) -> Result<()>
+    where
+        T: Send + for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+    {
+        let sql = format!("UPDATE accounts SET {column} = ?, updated_at = ? WHERE address = ?");
+        let done = sqlx::query(&sql)
+            .bind(value)
+            .bind(now())
+            .bind(&address)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(address));
+        }
+        Ok(())
+    }
 }
 
 /// Maps a database error to `Unavailable`, naming the operation. SQLite error
@@ -271,33 +298,20 @@ impl Store for SqliteStore {
 
     async fn set_account_status(&self, address: &str, status: AccountStatus) -> Result<()> {
         let address = normalize_address(address)?;
-        let done = sqlx::query("UPDATE accounts SET status = ?, updated_at = ? WHERE address = ?")
-            .bind(status.as_str())
-            .bind(now())
-            .bind(&address)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| unavailable("set_account_status", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(address));
-        }
-        Ok(())
+        self.update_account_column(
+            "set_account_status",
+            "status",
+            status.as_str().to_owned(),
+            address,
+        )
+        .await
     }
 
     async fn set_account_plan(&self, address: &str, plan: &str) -> Result<()> {
         let address = normalize_address(address)?;
         let plan = normalize_plan(plan)?;
-        let done = sqlx::query("UPDATE accounts SET plan = ?, updated_at = ? WHERE address = ?")
-            .bind(&plan)
-            .bind(now())
-            .bind(&address)
-            .execute(&self.pool)
+        self.update_account_column("set_account_plan", "plan", plan, address)
             .await
-            .map_err(|e| unavailable("set_account_plan", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(address));
-        }
-        Ok(())
     }
 
     async fn remove_account(&self, address: &str) -> Result<()> {

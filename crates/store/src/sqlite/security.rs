@@ -273,35 +273,15 @@ impl SqliteStore {
     ) -> Result<()> {
         let account = normalize_address(account)?;
         let secret = secret.map(check_totp_secret).transpose()?;
-        let done =
-            sqlx::query("UPDATE accounts SET totp_secret = ?, updated_at = ? WHERE address = ?")
-                .bind(secret.as_deref())
-                .bind(now())
-                .bind(&account)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| unavailable("set_totp_secret", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(account));
-        }
-        Ok(())
+        self.update_account_column("set_totp_secret", "totp_secret", secret, account)
+            .await
     }
 
     pub(super) async fn set_allowed_ips_impl(&self, account: &str, cidrs: &[String]) -> Result<()> {
         let account = normalize_address(account)?;
         let cidrs = normalize_cidr_list(cidrs)?;
-        let done =
-            sqlx::query("UPDATE accounts SET allowed_ips = ?, updated_at = ? WHERE address = ?")
-                .bind(join_list(&cidrs))
-                .bind(now())
-                .bind(&account)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| unavailable("set_allowed_ips", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(account));
-        }
-        Ok(())
+        self.update_account_column("set_allowed_ips", "allowed_ips", join_list(&cidrs), account)
+            .await
     }
 
     pub(super) async fn add_allowed_sender_impl(&self, account: &str, sender: &str) -> Result<()> {
