@@ -97,9 +97,33 @@ struct Driver {
     sid: String,
     /// The sending plan read at the first RCPT of the current transaction.
     tx_plan: Option<(String, crate::config::Plan)>,
-    /// The start of the current message, up to the end of its header block
-    /// (bounded by `HEADER_CAPTURE`), for the header From: check.
-    headers: Vec<u8>,
+    /// The header block of the current message, kept only when the header
+    /// From: check applies (authenticated session, check enabled).
+    headers: Option<HeaderCapture>,
+}
+
+/// The start of a message up to its blank line (bounded by `HEADER_CAPTURE`).
+/// Each chunk is scanned once: the hot DATA path costs nothing after the
+/// header block ends.
+#[derive(Default)]
+struct HeaderCapture {
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl HeaderCapture {
+    fn push(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        // Re-scan the last 3 bytes: a CRLFCRLF may straddle two chunks.
+        let from = self.buf.len().saturating_sub(3);
+        let room = HEADER_CAPTURE.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+        self.done = self.buf.len() >= HEADER_CAPTURE
+            || self.buf.starts_with(b"\r\n")
+            || self.buf[from..].windows(4).any(|w| w == b"\r\n\r\n");
+    }
 }
 
 /// At most this much of a message is kept to read its header block.
@@ -128,7 +152,7 @@ pub(crate) async fn serve(
         reserved: None,
         tx_plan: None,
         sid,
-        headers: Vec::new(),
+        headers: None,
     };
     session.greeting().write_to(&mut driver.out);
     let end = driver.run(&mut session).await;
@@ -246,11 +270,15 @@ impl Driver {
                     if let Some(old) = self.spool.take() {
                         self.shared.spool.abort(old).await;
                     }
-                    self.headers.clear();
+                    self.headers = (envelope.auth_user.is_some()
+                        && self.shared.auth.check_header_from())
+                    .then(HeaderCapture::default);
                     self.spool = Some(self.shared.spool.begin(envelope, origin).await);
                 }
                 Action::MessageData(data) => {
-                    self.capture_headers(&data);
+                    if let Some(h) = &mut self.headers {
+                        h.push(&data);
+                    }
                     if let Some(w) = &mut self.spool {
                         w.write(&data).await;
                     }
@@ -261,9 +289,13 @@ impl Driver {
                         .as_ref()
                         .map(|(_, s)| s.clone())
                         .unwrap_or_default();
-                    let user = session.authenticated_user().map(str::to_owned);
-                    let refused = header_from_refusal(&self.shared, user, &self.headers).await;
-                    self.headers.clear();
+                    let refused = match (self.headers.take(), session.authenticated_user()) {
+                        (Some(h), Some(user)) => {
+                            let user = user.to_owned();
+                            header_from_refusal(&self.shared, &user, &h.buf).await
+                        }
+                        _ => None,
+                    };
                     let outcome = match (self.spool.take(), refused) {
                         (Some(w), Some(outcome)) => {
                             self.shared.spool.abort(w).await;
@@ -287,16 +319,6 @@ impl Driver {
                     }
                 }
             }
-        }
-    }
-
-    fn capture_headers(&mut self, data: &[u8]) {
-        let done =
-            self.headers.starts_with(b"\r\n") || self.headers.windows(4).any(|w| w == b"\r\n\r\n");
-        if !done && self.headers.len() < HEADER_CAPTURE {
-            let room = HEADER_CAPTURE - self.headers.len();
-            self.headers
-                .extend_from_slice(&data[..data.len().min(room)]);
         }
     }
 
@@ -438,15 +460,11 @@ impl Driver {
 /// owns (550 5.7.1 after DATA); `None` when the message may be queued.
 async fn header_from_refusal(
     shared: &Shared,
-    user: Option<String>,
+    user: &str,
     headers: &[u8],
 ) -> Option<portcullis_proto::EnqueueOutcome> {
-    let user = user?;
-    if !shared.auth.check_header_from() {
-        return None;
-    }
     for from in portcullis_proto::header::from_addresses(headers) {
-        match shared.auth.sender_allowed(&user, &from).await {
+        match shared.auth.sender_allowed(user, &from).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(user, from = %from, "header From: not owned by the account");
@@ -491,5 +509,25 @@ async fn check_recipient(store: &dyn Store, mailbox: &Mailbox) -> RecipientStatu
             tracing::error!(error = %e, "domain lookup failed");
             RecipientStatus::TemporaryFailure
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderCapture;
+
+    #[test]
+    fn header_capture_stops_at_the_blank_line_across_chunks() {
+        let mut h = HeaderCapture::default();
+        h.push(b"From: a@example.com\r\n\r");
+        assert!(!h.done);
+        h.push(b"\nbody line\r\n");
+        assert!(h.done);
+        let kept = h.buf.len();
+        h.push(b"From: later@example.com\r\n");
+        assert_eq!(h.buf.len(), kept, "nothing is kept after the header block");
+        let mut empty = HeaderCapture::default();
+        empty.push(b"\r\nno headers\r\n");
+        assert!(empty.done);
     }
 }
