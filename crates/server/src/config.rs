@@ -8,6 +8,7 @@
 //! `PORTCULLIS_*` variables are applied by the binary on the resolved
 //! [`Config`], which it then validates again.
 
+mod delivery;
 mod raw;
 mod units;
 
@@ -24,6 +25,7 @@ use raw::{
     RawTls, RawUsage, SizeValue,
 };
 
+pub use delivery::{DeliveryConfig, DestinationConfig, LocalTransport, RelayConfig, TlsPolicy};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// What every value of a `*_secret` key prints as in [`Config::to_toml_redacted`].
@@ -50,6 +52,8 @@ pub struct Config {
     /// Sending plans by name: the shipped ones ([`shipped_plans`]) with the
     /// file's `[plans.NAME]` tables applied.
     pub plans: BTreeMap<String, Plan>,
+    /// `[delivery]`: the queue manager and outbound SMTP.
+    pub delivery: DeliveryConfig,
 }
 
 /// A sending plan: the limits of every account on it.
@@ -478,6 +482,7 @@ impl Config {
             },
             default_plan: DEFAULT_PLAN.to_owned(),
             plans: shipped_plans(),
+            delivery: DeliveryConfig::defaults(),
         }
     }
 
@@ -678,6 +683,7 @@ impl Config {
         if let Some(name) = raw.default_plan {
             config.default_plan = name;
         }
+        config.delivery = delivery::resolve(raw.delivery)?;
         Ok(config)
     }
 
@@ -930,6 +936,7 @@ impl Config {
                     )
                 })
                 .collect(),
+            delivery: delivery::to_raw(&self.delivery),
         }
     }
 }

@@ -496,10 +496,17 @@ async fn check_recipient(store: &dyn Store, mailbox: &Mailbox) -> RecipientStatu
         Ok(false) => RecipientStatus::NotLocal,
         Ok(true) => match store.account(&mailbox.to_string()).await {
             Ok(Some(_)) => RecipientStatus::LocalExists,
+            // Not an account: an alias (or the domain's catch-all) may take it.
+            Ok(None) => match store.resolve_alias(&mailbox.to_string()).await {
+                Ok(Some(_)) => RecipientStatus::LocalExists,
+                Ok(None) => RecipientStatus::LocalUnknown,
+                Err(e) => {
+                    tracing::error!(error = %e, "alias lookup failed");
+                    RecipientStatus::TemporaryFailure
+                }
+            },
             // A local part we could never have created (quoted, odd characters).
-            Ok(None) | Err(portcullis_store::StoreError::Invalid(_)) => {
-                RecipientStatus::LocalUnknown
-            }
+            Err(portcullis_store::StoreError::Invalid(_)) => RecipientStatus::LocalUnknown,
             Err(e) => {
                 tracing::error!(error = %e, "recipient lookup failed");
                 RecipientStatus::TemporaryFailure

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 mod conn;
+pub mod delivery;
 pub mod quota;
 pub mod security;
 mod server;

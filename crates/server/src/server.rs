@@ -55,6 +55,8 @@ pub enum ServerError {
     },
     #[error("cannot load sending usage from the store: {0}")]
     Usage(portcullis_store::StoreError),
+    #[error("delivery: {0}")]
+    Delivery(#[from] crate::delivery::DeliveryError),
     #[error("cannot load bans from the store: {0}")]
     Bans(portcullis_store::StoreError),
 }
@@ -84,6 +86,8 @@ impl TlsReloader {
 /// A bound, ready-to-run server.
 pub struct Server {
     shared: Arc<Shared>,
+    /// `None` when `[delivery] enabled = false`.
+    queue: Option<Arc<crate::delivery::QueueManager>>,
     listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -115,6 +119,18 @@ impl Server {
             listeners.push((Arc::new(l.clone()), socket));
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let queue = if config.delivery.enabled {
+            Some(Arc::new(
+                crate::delivery::QueueManager::new(
+                    Arc::clone(&store),
+                    Arc::clone(&config),
+                    spool.wake_handle(),
+                )
+                .map_err(ServerError::Delivery)?,
+            ))
+        } else {
+            None
+        };
         let quota = QuotaService::load(Arc::clone(&store), Arc::clone(&config))
             .await
             .map_err(ServerError::Usage)?;
@@ -144,6 +160,7 @@ impl Server {
         });
         Ok(Server {
             shared,
+            queue,
             listeners,
             shutdown_tx,
         })
@@ -226,12 +243,18 @@ impl Server {
         for (cfg, listener) in self.listeners {
             loops.spawn(accept_loop(listener, cfg, Arc::clone(&self.shared)));
         }
+        let queue = self
+            .queue
+            .map(|q| tokio::spawn(q.run(self.shutdown_tx.subscribe())));
         shutdown.await;
         tracing::info!("shutdown requested: closing listeners and draining sessions");
         let _ = self.shutdown_tx.send(true);
         while loops.join_next().await.is_some() {}
         pruner.abort();
         ban_refresh.abort();
+        if let Some(q) = queue {
+            let _ = q.await;
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }

@@ -16,6 +16,8 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug)]
 pub struct Spool {
     data_dir: PathBuf,
+    /// Told when a message is queued, so the queue manager starts at once.
+    wake: Arc<tokio::sync::Notify>,
     incoming: PathBuf,
     spool: PathBuf,
 }
@@ -63,6 +65,7 @@ impl Spool {
         }
         Ok(Spool {
             data_dir: data_dir.to_path_buf(),
+            wake: Arc::new(tokio::sync::Notify::new()),
             incoming,
             spool,
         })
@@ -158,6 +161,7 @@ impl Spool {
                     auth_user = message.auth_user.as_deref().unwrap_or(""),
                     "message queued"
                 );
+                self.wake.notify_one();
                 EnqueueOutcome::Queued { id: w.id }
             }
             Err(e) => {
@@ -190,6 +194,39 @@ impl Spool {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+
+    /// The notifier the queue manager waits on.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.wake)
+    }
+}
+
+/// Writes a message we generate (a DSN) durably as `spool/<id>.eml`, in the
+/// same order as accepted mail (file fsync, rename, directory fsync), and
+/// returns its path relative to the data dir.
+pub async fn write_generated(data_dir: &Path, id: &str, body: &[u8]) -> std::io::Result<String> {
+    let tmp = data_dir.join("incoming").join(id);
+    let name = format!("{id}.eml");
+    let spool = data_dir.join("spool");
+    let final_path = spool.join(&name);
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(body).await?;
+        f.flush().await?;
+        f.sync_all().await?;
+        drop(f);
+        tokio::fs::rename(&tmp, &final_path).await?;
+        tokio::task::spawn_blocking(move || std::fs::File::open(spool)?.sync_all())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = tokio::fs::remove_file(&final_path).await;
+        return Err(e);
+    }
+    Ok(Path::new("spool").join(name).to_string_lossy().into_owned())
 }
 
 fn io_outcome(e: &std::io::Error) -> EnqueueOutcome {

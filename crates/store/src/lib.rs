@@ -239,6 +239,167 @@ pub struct Ban {
     pub strikes: u32,
 }
 
+// --- Delivery (schema version 5) --------------------------------------------
+
+/// Where one recipient of a queued message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Claimed by the queue manager; an attempt is under way. A process that
+    /// dies leaves it here, and the next start puts it back to `Queued`
+    /// (at-least-once delivery).
+    InFlight,
+    /// Accepted by the next hop or written to the local mailbox. Final.
+    Delivered,
+    /// A temporary failure; retried at `next_attempt_ms`.
+    Deferred,
+    /// A permanent failure or expiry; a DSN went to the sender. Final.
+    Bounced,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Queued,
+        DeliveryStatus::InFlight,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Deferred,
+        DeliveryStatus::Bounced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Queued => "queued",
+            DeliveryStatus::InFlight => "inflight",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Deferred => "deferred",
+            DeliveryStatus::Bounced => "bounced",
+        }
+    }
+
+    /// Parses the stored / command-line name (`in-flight` is accepted too).
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "queued" => Some(DeliveryStatus::Queued),
+            "inflight" | "in-flight" | "in_flight" => Some(DeliveryStatus::InFlight),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "deferred" => Some(DeliveryStatus::Deferred),
+            "bounced" => Some(DeliveryStatus::Bounced),
+            _ => None,
+        }
+    }
+
+    /// Delivered and bounced recipients are never attempted again.
+    pub fn is_final(self) -> bool {
+        matches!(self, DeliveryStatus::Delivered | DeliveryStatus::Bounced)
+    }
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One recipient of a queued message with its delivery state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecipient {
+    /// RCPT order within the message; with the message id, the key.
+    pub position: i64,
+    /// As given at RCPT (or as rewritten by an alias).
+    pub address: String,
+    /// Lowercase domain of `address` (the part after the last `@`).
+    pub domain: String,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Unix milliseconds of the next attempt (meaningful when queued/deferred).
+    pub next_attempt_ms: i64,
+    /// The last reply: remote SMTP text or our own explanation.
+    pub last_reply: Option<String>,
+    /// The host that gave `last_reply`, if remote.
+    pub last_host: Option<String>,
+    /// A delay warning has been sent for this recipient.
+    pub warned: bool,
+    /// `portcullis queue bounce` asked for it to be bounced at once.
+    pub admin_bounce: bool,
+}
+
+/// Recipients of one message that share a destination domain, claimed for
+/// one delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryJob {
+    pub message_id: String,
+    /// Envelope sender; empty for `<>`.
+    pub sender: String,
+    /// Relative to the data dir.
+    pub spool_path: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub received_at: i64,
+    pub auth_user: Option<String>,
+    /// Lowercase destination domain shared by `recipients`.
+    pub domain: String,
+    pub recipients: Vec<DeliveryRecipient>,
+}
+
+/// The result of an attempt for one recipient, recorded by
+/// [`Store::record_delivery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientOutcome {
+    pub message_id: String,
+    pub position: i64,
+    /// `Delivered`, `Deferred`, `Bounced`, or `Queued` (released unattempted,
+    /// e.g. at shutdown; attempts are then not counted).
+    pub status: DeliveryStatus,
+    /// When `Deferred`/`Queued`: Unix milliseconds of the next attempt.
+    pub next_attempt_ms: i64,
+    pub reply: String,
+    pub host: Option<String>,
+    /// Set the recipient's `warned` flag (a delay DSN was queued).
+    pub warned: bool,
+    /// Rewrite the recipient's address (alias expansion); it is then queued
+    /// for immediate delivery to the new address.
+    pub new_address: Option<String>,
+}
+
+/// One recorded delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryEvent {
+    pub message_id: String,
+    pub recipient: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// `delivered`, `deferred`, `bounced`, `expanded` or `released`.
+    pub outcome: String,
+    pub host: Option<String>,
+    pub reply: String,
+}
+
+/// A queued message with the state of each recipient, for admins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: String,
+    pub sender: String,
+    pub size: u64,
+    pub spool_path: String,
+    pub auth_user: Option<String>,
+    pub client_ip: String,
+    pub received_at: i64,
+    /// Unix seconds when every recipient reached a final status.
+    pub done_at: Option<i64>,
+    pub recipients: Vec<DeliveryRecipient>,
+}
+
+/// An alias: mail for `alias` (`local@domain`, or `@domain` for a catch-all)
+/// goes to `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    pub alias: String,
+    pub target: String,
+    pub created_at: i64,
+}
+
 /// The storage contract. Addresses and domains are compared case-insensitively:
 /// every method normalises its input (ASCII lowercase, surrounding whitespace
 /// trimmed) before use, and everything returned is normalised.
@@ -407,4 +568,78 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the ban of `network` (normalised as in `upsert_ban`), active
     /// or expired. `NotFound(network)` if there is none.
     async fn remove_ban(&self, network: &str) -> Result<()>;
+
+    // --- Delivery (schema version 5; issue 3) -------------------------------
+
+    /// Puts every `InFlight` recipient back to `Queued` for immediate retry
+    /// (call once at start-up, before the queue manager runs). Returns how many.
+    async fn release_in_flight(&self) -> Result<u64>;
+
+    /// Claims up to `limit` recipients that are `Queued`/`Deferred` with
+    /// `next_attempt_ms <= now_ms` (earliest first), marks them `InFlight`,
+    /// and returns them grouped by (message, domain).
+    async fn claim_due(&self, now_ms: i64, limit: u32) -> Result<Vec<DeliveryJob>>;
+
+    /// The earliest `next_attempt_ms` among `Queued`/`Deferred` recipients.
+    async fn next_due_ms(&self) -> Result<Option<i64>>;
+
+    /// Records attempt results in one transaction, together with `notices`
+    /// (DSNs to enqueue, bodies already durable): each outcome updates its
+    /// recipient (attempts + 1 unless the status is `Queued`) and appends a
+    /// [`DeliveryEvent`] at `now_ms`. Messages whose recipients are now all
+    /// final get `done_at`; their ids and spool paths are returned so the
+    /// caller can delete the bodies.
+    async fn record_delivery(
+        &self,
+        outcomes: &[RecipientOutcome],
+        notices: &[NewMessage],
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>>;
+
+    /// Queue entries (messages not yet done, unless `include_done`), oldest
+    /// first, restricted to messages with at least one recipient in
+    /// `status` when given.
+    async fn queue_entries(
+        &self,
+        status: Option<DeliveryStatus>,
+        include_done: bool,
+    ) -> Result<Vec<QueueEntry>>;
+
+    /// One message with its recipients, or `None`.
+    async fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
+
+    /// The delivery events of a message, oldest first.
+    async fn delivery_events(&self, id: &str) -> Result<Vec<DeliveryEvent>>;
+
+    /// Makes the `Queued`/`Deferred` recipients of message `id` (every
+    /// message when `None`) due at `now_ms`. Returns how many recipients.
+    /// `NotFound(id)` for an unknown message.
+    async fn retry_now(&self, id: Option<&str>, now_ms: i64) -> Result<u64>;
+
+    /// Flags the not-yet-final recipients of message `id` for an immediate
+    /// bounce by the queue manager. Returns how many. `NotFound(id)`.
+    async fn request_bounce(&self, id: &str, now_ms: i64) -> Result<u64>;
+
+    /// Deletes a message, its recipients and events; returns its spool path.
+    /// `NotFound(id)`.
+    async fn delete_message(&self, id: &str) -> Result<String>;
+
+    /// Deletes messages done before `before_s` (Unix seconds) with their
+    /// events; returns how many.
+    async fn prune_done(&self, before_s: i64) -> Result<u64>;
+
+    /// Adds an alias. `alias` is `local@domain` or `@domain` (catch-all) on
+    /// a local domain (`Invalid` otherwise); `target` is an address.
+    /// `AlreadyExists(alias)` if present.
+    async fn add_alias(&self, alias: &str, target: &str) -> Result<()>;
+
+    /// Removes an alias. `NotFound(alias)`.
+    async fn remove_alias(&self, alias: &str) -> Result<()>;
+
+    /// Every alias, sorted.
+    async fn list_aliases(&self) -> Result<Vec<Alias>>;
+
+    /// The target for `address`: its own alias first, else its domain's
+    /// catch-all, else `None`.
+    async fn resolve_alias(&self, address: &str) -> Result<Option<String>>;
 }

@@ -9,6 +9,7 @@
 //! writer instead of failing on a stale read snapshot.
 
 mod connect;
+mod delivery;
 mod schema;
 mod security;
 
@@ -20,7 +21,7 @@ use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Sqlite, Transaction};
+use sqlx::{Connection, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 
 use crate::validate::{
@@ -152,6 +153,75 @@ impl SqliteStore {
     }
 }
 
+/// Inserts a normalised message, its recipients and its usage rows (see
+/// `enqueue`) on an open write transaction.
+pub(crate) async fn insert_message(
+    conn: &mut SqliteConnection,
+    message: &NewMessage,
+) -> Result<()> {
+    let size = i64::try_from(message.size)
+        .map_err(|_| StoreError::Invalid(format!("message {}: size is too large", message.id)))?;
+    sqlx::query(
+        "INSERT INTO queue_messages \
+             (id, sender, size, spool_path, auth_user, client_ip, received_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&message.id)
+    .bind(&message.sender)
+    .bind(size)
+    .bind(&message.spool_path)
+    .bind(&message.auth_user)
+    .bind(&message.client_ip)
+    .bind(message.received_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| insert_error("enqueue", &message.id, e))?;
+    // Multi-row INSERTs: one statement per table (in chunks well under
+    // SQLite's bound-parameter limit), not one round trip per row.
+    let positions: Vec<(i64, &String)> = (0_i64..).zip(&message.recipients).collect();
+    for chunk in positions.chunks(300) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO queue_recipients (message_id, position, address, domain) ",
+        );
+        q.push_values(chunk, |mut row, (position, address)| {
+            row.push_bind(&message.id)
+                .push_bind(*position)
+                .push_bind(*address)
+                .push_bind(recipient_domain(address));
+        });
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unavailable("enqueue: recipient", e))?;
+    }
+    // normalize_new_message refuses usage without an auth user.
+    if let Some(account) = &message.auth_user {
+        // Equal timestamps share one row with a count.
+        let mut grouped: Vec<(i64, i64)> = Vec::new();
+        let mut sorted = message.usage_ms.clone();
+        sorted.sort_unstable();
+        for at_ms in sorted {
+            match grouped.last_mut() {
+                Some((t, n)) if *t == at_ms => *n += 1,
+                _ => grouped.push((at_ms, 1)),
+            }
+        }
+        for chunk in grouped.chunks(300) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO usage_events (account, at_ms, count) ",
+            );
+            q.push_values(chunk, |mut row, (at_ms, count)| {
+                row.push_bind(account).push_bind(*at_ms).push_bind(*count);
+            });
+            q.build()
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unavailable("enqueue: usage", e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Maps a database error to `Unavailable`, naming the operation. SQLite error
 /// texts name tables and columns, never bound values, so no hash or other
 /// secret can appear in the message.
@@ -168,6 +238,15 @@ fn insert_error(what: &str, name: &str, error: sqlx::Error) -> StoreError {
         }
         _ => unavailable(what, error),
     }
+}
+
+/// The lowercase domain of an envelope address: the text after its last `@`
+/// (a quoted local part may hold `@`; a domain never does).
+pub(crate) fn recipient_domain(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn now() -> i64 {
@@ -434,67 +513,8 @@ impl Store for SqliteStore {
 
     async fn enqueue(&self, message: &NewMessage) -> Result<()> {
         let message = normalize_new_message(message)?;
-        let size = i64::try_from(message.size).map_err(|_| {
-            StoreError::Invalid(format!("message {}: size is too large", message.id))
-        })?;
         let mut tx = self.begin_write("enqueue").await?;
-        sqlx::query(
-            "INSERT INTO queue_messages \
-             (id, sender, size, spool_path, auth_user, client_ip, received_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&message.id)
-        .bind(&message.sender)
-        .bind(size)
-        .bind(&message.spool_path)
-        .bind(&message.auth_user)
-        .bind(&message.client_ip)
-        .bind(message.received_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| insert_error("enqueue", &message.id, e))?;
-        // Multi-row INSERTs: one statement per table (in chunks well under
-        // SQLite's bound-parameter limit), not one round trip per row.
-        let positions: Vec<(i64, &String)> = (0_i64..).zip(&message.recipients).collect();
-        for chunk in positions.chunks(300) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO queue_recipients (message_id, position, address) ",
-            );
-            q.push_values(chunk, |mut row, (position, address)| {
-                row.push_bind(&message.id)
-                    .push_bind(*position)
-                    .push_bind(*address);
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| unavailable("enqueue: recipient", e))?;
-        }
-        // normalize_new_message refuses usage without an auth user.
-        if let Some(account) = &message.auth_user {
-            // Equal timestamps share one row with a count.
-            let mut grouped: Vec<(i64, i64)> = Vec::new();
-            let mut sorted = message.usage_ms.clone();
-            sorted.sort_unstable();
-            for at_ms in sorted {
-                match grouped.last_mut() {
-                    Some((t, n)) if *t == at_ms => *n += 1,
-                    _ => grouped.push((at_ms, 1)),
-                }
-            }
-            for chunk in grouped.chunks(300) {
-                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "INSERT INTO usage_events (account, at_ms, count) ",
-                );
-                q.push_values(chunk, |mut row, (at_ms, count)| {
-                    row.push_bind(account).push_bind(*at_ms).push_bind(*count);
-                });
-                q.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| unavailable("enqueue: usage", e))?;
-            }
-        }
+        insert_message(&mut *tx, &message).await?;
         // With synchronous=FULL the WAL is fsynced before COMMIT returns.
         tx.commit()
             .await
@@ -665,5 +685,74 @@ impl Store for SqliteStore {
 
     async fn remove_ban(&self, network: &str) -> Result<()> {
         self.remove_ban_impl(network).await
+    }
+
+    async fn release_in_flight(&self) -> Result<u64> {
+        self.release_in_flight_impl().await
+    }
+
+    async fn claim_due(&self, now_ms: i64, limit: u32) -> Result<Vec<crate::DeliveryJob>> {
+        self.claim_due_impl(now_ms, limit).await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>> {
+        self.next_due_ms_impl().await
+    }
+
+    async fn record_delivery(
+        &self,
+        outcomes: &[crate::RecipientOutcome],
+        notices: &[NewMessage],
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>> {
+        self.record_delivery_impl(outcomes, notices, now_ms).await
+    }
+
+    async fn queue_entries(
+        &self,
+        status: Option<crate::DeliveryStatus>,
+        include_done: bool,
+    ) -> Result<Vec<crate::QueueEntry>> {
+        self.queue_entries_impl(status, include_done).await
+    }
+
+    async fn queue_entry(&self, id: &str) -> Result<Option<crate::QueueEntry>> {
+        self.queue_entry_impl(id).await
+    }
+
+    async fn delivery_events(&self, id: &str) -> Result<Vec<crate::DeliveryEvent>> {
+        self.delivery_events_impl(id).await
+    }
+
+    async fn retry_now(&self, id: Option<&str>, now_ms: i64) -> Result<u64> {
+        self.retry_now_impl(id, now_ms).await
+    }
+
+    async fn request_bounce(&self, id: &str, now_ms: i64) -> Result<u64> {
+        self.request_bounce_impl(id, now_ms).await
+    }
+
+    async fn delete_message(&self, id: &str) -> Result<String> {
+        self.delete_message_impl(id).await
+    }
+
+    async fn prune_done(&self, before_s: i64) -> Result<u64> {
+        self.prune_done_impl(before_s).await
+    }
+
+    async fn add_alias(&self, alias: &str, target: &str) -> Result<()> {
+        self.add_alias_impl(alias, target).await
+    }
+
+    async fn remove_alias(&self, alias: &str) -> Result<()> {
+        self.remove_alias_impl(alias).await
+    }
+
+    async fn list_aliases(&self) -> Result<Vec<crate::Alias>> {
+        self.list_aliases_impl().await
+    }
+
+    async fn resolve_alias(&self, address: &str) -> Result<Option<String>> {
+        self.resolve_alias_impl(address).await
     }
 }

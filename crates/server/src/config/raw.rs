@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     /// `[plans.NAME]` tables: add to or override the shipped plans by name.
     #[serde(default)]
     pub plans: BTreeMap<String, RawPlan>,
+    #[serde(default)]
+    pub delivery: super::delivery::RawDelivery,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

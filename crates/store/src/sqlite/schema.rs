@@ -134,6 +134,48 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
     DROP INDEX IF EXISTS usage_events_by_time;
     "#,
+    // 5: delivery. Each recipient carries its destination domain (lowercase,
+    // after the last '@'), its attempt count, next attempt time, last reply and
+    // flags; every attempt is an event; aliases map addresses (or '@domain'
+    // catch-alls) of local domains to targets.
+    r#"
+    ALTER TABLE queue_messages ADD COLUMN done_at INTEGER;
+    ALTER TABLE queue_recipients ADD COLUMN domain TEXT NOT NULL DEFAULT '';
+    UPDATE queue_recipients SET domain = lower(substr(address, instr(address, '@') + 1));
+    ALTER TABLE queue_recipients ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue_recipients ADD COLUMN next_attempt_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue_recipients ADD COLUMN last_reply TEXT;
+    ALTER TABLE queue_recipients ADD COLUMN last_host TEXT;
+    ALTER TABLE queue_recipients ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue_recipients ADD COLUMN admin_bounce INTEGER NOT NULL DEFAULT 0;
+
+    CREATE INDEX IF NOT EXISTS queue_recipients_due
+        ON queue_recipients (next_attempt_ms)
+        WHERE status IN ('queued', 'deferred');
+
+    CREATE INDEX IF NOT EXISTS queue_messages_done
+        ON queue_messages (done_at)
+        WHERE done_at IS NOT NULL;
+
+    CREATE TABLE IF NOT EXISTS delivery_events (
+        id          INTEGER PRIMARY KEY,
+        message_id  TEXT NOT NULL,
+        recipient   TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        outcome     TEXT NOT NULL,
+        host        TEXT,
+        reply       TEXT NOT NULL
+    );
+
+    CREATE INDEX IF NOT EXISTS delivery_events_by_message
+        ON delivery_events (message_id, at_ms);
+
+    CREATE TABLE IF NOT EXISTS aliases (
+        alias       TEXT PRIMARY KEY NOT NULL,
+        target      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.
