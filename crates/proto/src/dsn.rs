@@ -938,6 +938,39 @@ mod tests {
         assert_eq!(header_block(&exact).len(), MAX_HEADER_BLOCK);
     }
 
+    proptest::proptest! {
+        /// Whatever the inputs, the output keeps its shape: CRLF only, bounded lines, the
+        /// three parts, and one Final-Recipient field per recipient.
+        #[test]
+        fn arbitrary_inputs_keep_the_structure(
+            fields in proptest::collection::vec(proptest::prelude::any::<String>(), 9),
+            headers in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let rcpt = DsnRecipient {
+                final_recipient: &fields[0],
+                original_recipient: Some(&fields[1]),
+                action: DsnAction::Delayed,
+                status: &fields[2],
+                remote_mta: Some(&fields[3]),
+                diagnostic: Some(&fields[4]),
+                last_attempt_date: Some(&fields[5]),
+                will_retry_until: Some(&fields[6]),
+            };
+            let rcpts = [rcpt, failed()];
+            let mut r = report(&rcpts);
+            r.original_sender = &fields[7];
+            r.date = &fields[8];
+            r.original_headers = &headers;
+            let out = build_dsn(&r);
+            assert_wire_clean(&out);
+            let out = String::from_utf8_lossy(&out).into_owned();
+            let (head, parts) = split(&out, "b0und4ry.XYZ");
+            proptest::prop_assert_eq!(head.lines().filter(|l| l.starts_with("To:")).count(), 1);
+            proptest::prop_assert_eq!(parts.len(), 3);
+            proptest::prop_assert_eq!(parts[1].matches("\r\nFinal-Recipient:").count(), 2);
+        }
+    }
+
     #[test]
     fn python_email_parser_accepts_it() {
         use std::io::Write as _;

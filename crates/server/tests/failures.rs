@@ -25,6 +25,8 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     let mut config = Config::default_config();
+    // Mail stays queued: these tests are not about delivery.
+    config.delivery.enabled = false;
     config.data_dir = data_dir.clone();
     config.hostname = "mx.test".into();
     config.security.auth_min_duration = Duration::from_millis(10);

@@ -26,6 +26,8 @@ async fn setup(plan: Plan) -> (tempfile::TempDir, Arc<dyn Store>, Arc<Config>) {
         .await
         .unwrap();
     let mut config = Config::default_config();
+    // Mail stays queued: these tests are not about delivery.
+    config.delivery.enabled = false;
     config.plans.insert("p".into(), plan);
     (dir, Arc::new(store), Arc::new(config))
 }

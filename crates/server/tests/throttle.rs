@@ -43,6 +43,8 @@ async fn start(
 
 fn config(dir: &std::path::Path) -> Config {
     let mut config = Config::default_config();
+    // Mail stays queued: these tests are not about delivery.
+    config.delivery.enabled = false;
     config.data_dir = dir.to_path_buf();
     config.hostname = "mx.test".into();
     for role in ListenerRole::ALL {

@@ -28,8 +28,9 @@ use mx::{MxHost, MxResolver};
 
 /// Recipients claimed per round.
 const CLAIM_BATCH: u32 = 1000;
-/// Longest sleep between queue scans when nothing is due.
-const IDLE_SCAN: Duration = Duration::from_secs(30);
+/// Longest sleep between queue scans when nothing is due (picks up
+/// `portcullis queue retry|bounce` made by another process).
+const IDLE_SCAN: Duration = Duration::from_secs(5);
 /// Alias rewrites of one recipient before we call it a loop.
 const MAX_ALIAS_HOPS: u32 = 10;
 

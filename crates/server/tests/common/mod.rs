@@ -161,6 +161,8 @@ pub fn test_config(data_dir: &Path) -> Config {
         l.address = "127.0.0.1:0".parse().expect("address");
     }
     config.security.auth_min_duration = Duration::from_millis(20);
+    // Mail stays queued unless a test is about delivery.
+    config.delivery.enabled = false;
     config.validate().expect("test config is valid");
     config
 }
