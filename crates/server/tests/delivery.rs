@@ -96,7 +96,6 @@ async fn sink_session(
             format!("250-sink.test\r\n250-PIPELINING\r\n{eight}250 SIZE 10000000\r\n")
         } else if upper.starts_with("MAIL FROM:") {
             from = line[10..]
-                .trim()
                 .split_whitespace()
                 .next()
                 .unwrap_or("")

@@ -514,7 +514,7 @@ impl Store for SqliteStore {
     async fn enqueue(&self, message: &NewMessage) -> Result<()> {
         let message = normalize_new_message(message)?;
         let mut tx = self.begin_write("enqueue").await?;
-        insert_message(&mut *tx, &message).await?;
+        insert_message(&mut tx, &message).await?;
         // With synchronous=FULL the WAL is fsynced before COMMIT returns.
         tx.commit()
             .await
