@@ -3,6 +3,7 @@
 
 mod account;
 mod account_security;
+mod alias;
 mod app_password;
 mod audit;
 mod ban;
@@ -45,11 +46,13 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Manage local domains (mail for them is accepted on the smtp listener).
     Domain(domain::DomainArgs),
+    /// Manage aliases of local addresses, including per-domain catch-alls.
+    Alias(alias::AliasArgs),
     /// Show the sending plans (limits per account).
     Plan(plan::PlanArgs),
     /// Report sending usage across accounts.
     Usage(usage::UsageArgs),
-    /// Inspect the outgoing queue.
+    /// Inspect the delivery queue: list, show, retry, delete or bounce messages.
     Queue(queue::QueueArgs),
     /// Validate or print the configuration.
     Config(config::ConfigArgs),
@@ -85,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ban(args) => ban::run(args, &config).await,
         Command::Audit(args) => audit::run(args, &config).await,
         Command::Domain(args) => domain::run(args, &config).await,
+        Command::Alias(args) => alias::run(args, &config).await,
         Command::Plan(args) => plan::run(args, &config).await,
         Command::Usage(args) => usage::run(args, &config).await,
         Command::Queue(args) => queue::run(args, &config).await,

@@ -585,7 +585,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records attempt results in one transaction, together with `notices`
     /// (DSNs to enqueue, bodies already durable): each outcome updates its
-    /// recipient (attempts + 1 unless the status is `Queued`) and appends a
+    /// recipient (attempts + 1 unless the status is `Queued` without a
+    /// `new_address`: an alias rewrite counts, which bounds alias loops) and
+    /// appends a
     /// [`DeliveryEvent`] at `now_ms`. Messages whose recipients are now all
     /// final get `done_at`; their ids and spool paths are returned so the
     /// caller can delete the bodies.

@@ -593,11 +593,9 @@ impl Store for SqliteStore {
 
     async fn prune_usage(&self, before_ms: i64) -> Result<u64> {
         // Reports emails (the sum of counts), not rows.
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| unavailable("prune_usage", e))?;
+        // BEGIN IMMEDIATE: a deferred transaction that reads then writes can
+        // fail with "database is locked" when another writer got in between.
+        let mut tx = self.begin_write("prune_usage").await?;
         let emails: i64 =
             sqlx::query_scalar("SELECT COALESCE(SUM(count), 0) FROM usage_events WHERE at_ms <= ?")
                 .bind(before_ms)

@@ -19,7 +19,7 @@ use suite::*;
 use tempfile::TempDir;
 
 /// The schema version this build creates.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 // ---------------------------------------------------------------------------
 // SQLite
@@ -93,6 +93,48 @@ async fn sqlite_usage_same_millisecond() {
 async fn sqlite_remove_account_usage() {
     let (_dir, store) = fresh().await;
     suite_remove_account_usage(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_claim_due() {
+    let (_dir, store) = fresh().await;
+    suite_claim_due(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_release_in_flight() {
+    let (_dir, store) = fresh().await;
+    suite_release_in_flight(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_record_delivery() {
+    let (_dir, store) = fresh().await;
+    suite_record_delivery(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_delivery_notices() {
+    let (_dir, store) = fresh().await;
+    suite_delivery_notices(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_delivery_rewrite() {
+    let (_dir, store) = fresh().await;
+    suite_delivery_rewrite(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_admin() {
+    let (_dir, store) = fresh().await;
+    suite_queue_admin(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_aliases() {
+    let (_dir, store) = fresh().await;
+    suite_aliases(store).await;
 }
 
 #[tokio::test]
@@ -272,9 +314,11 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
         [
             "account_senders",
             "accounts",
+            "aliases",
             "app_passwords",
             "auth_events",
             "bans",
+            "delivery_events",
             "domains",
             "queue_messages",
             "queue_recipients",

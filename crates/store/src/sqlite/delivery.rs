@@ -226,7 +226,8 @@ impl SqliteStore {
             };
             let row: Option<(String,)> = sqlx::query_as(
                 "UPDATE queue_recipients SET status = ?, attempts = attempts + ?, \
-                 next_attempt_ms = ?, last_reply = ?, last_host = ?, \
+                 next_attempt_ms = CASE WHEN admin_bounce = 1 THEN min(?, ?) ELSE ? END, \
+                 last_reply = ?, last_host = ?, \
                  warned = max(warned, ?), \
                  address = coalesce(?, address), domain = coalesce(?, domain), \
                  admin_bounce = CASE WHEN ? IS NULL THEN admin_bounce ELSE 0 END \
@@ -234,6 +235,9 @@ impl SqliteStore {
             )
             .bind(o.status.as_str())
             .bind(if o.new_address.is_some() { 1 } else { counted })
+            // A bounce requested while the attempt was under way is due now.
+            .bind(o.next_attempt_ms)
+            .bind(now_ms)
             .bind(o.next_attempt_ms)
             .bind(&reply)
             .bind(&o.host)

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use portcullis_store::password::hash_password;
 use portcullis_store::{
-    AccountStatus, AppPassword, AuthEvent, AuthEventFilter, Ban, NewMessage, QueuedMessage, Store,
-    StoreError,
+    AccountStatus, AppPassword, AuthEvent, AuthEventFilter, Ban, DeliveryEvent, DeliveryStatus,
+    NewMessage, QueueEntry, QueuedMessage, RecipientOutcome, Store, StoreError,
 };
 
 // ---------------------------------------------------------------------------
@@ -2195,4 +2195,841 @@ pub async fn suite_usage_same_millisecond(store: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Delivery (schema version 5)
+// ---------------------------------------------------------------------------
+
+/// An attempt result for recipient `position` of message `id`.
+pub fn outcome(
+    id: &str,
+    position: i64,
+    status: DeliveryStatus,
+    next_attempt_ms: i64,
+    reply: &str,
+) -> RecipientOutcome {
+    RecipientOutcome {
+        message_id: id.to_owned(),
+        position,
+        status,
+        next_attempt_ms,
+        reply: reply.to_owned(),
+        host: Some("mx.example.net".to_owned()),
+        warned: false,
+        new_address: None,
+    }
+}
+
+/// The status of each recipient of message `id`, in RCPT order.
+pub async fn statuses(store: &Arc<dyn Store>, id: &str) -> Vec<DeliveryStatus> {
+    entry(store, id)
+        .await
+        .recipients
+        .iter()
+        .map(|r| r.status)
+        .collect()
+}
+
+pub async fn entry(store: &Arc<dyn Store>, id: &str) -> QueueEntry {
+    store
+        .queue_entry(id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("message {id} should be queued"))
+}
+
+/// `(message, domain, [positions])` of claimed jobs, sorted.
+pub fn job_keys(jobs: &[portcullis_store::DeliveryJob]) -> Vec<(String, String, Vec<i64>)> {
+    let mut keys: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j.message_id.clone(),
+                j.domain.clone(),
+                j.recipients.iter().map(|r| r.position).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn key(id: &str, domain: &str, positions: &[i64]) -> (String, String, Vec<i64>) {
+    (id.to_owned(), domain.to_owned(), positions.to_vec())
+}
+
+pub fn ids_of(entries: Vec<QueueEntry>) -> Vec<String> {
+    entries.into_iter().map(|e| e.id).collect()
+}
+
+/// enqueue starts every recipient queued and due; claim_due marks the due
+/// ones in flight and groups them by (message, domain); it honours
+/// `next_attempt_ms` (earliest first) and `limit`; next_due_ms follows.
+pub async fn suite_claim_due(store: Arc<dyn Store>) {
+    assert!(store.claim_due(i64::MAX, 100).await.unwrap().is_empty());
+    assert_eq!(store.next_due_ms().await.unwrap(), None);
+
+    store
+        .enqueue(&message(
+            "M1",
+            "Alice@Example.com",
+            &["a@one.test", "b@Two.TEST", "C@ONE.test"],
+            100,
+        ))
+        .await
+        .unwrap();
+    let mut m2 = message("M2", "", &["d@one.test"], 200);
+    m2.auth_user = None;
+    store.enqueue(&m2).await.unwrap();
+
+    let fresh = entry(&store, "M1").await;
+    assert_eq!(fresh.done_at, None);
+    let domains: Vec<&str> = fresh.recipients.iter().map(|r| r.domain.as_str()).collect();
+    assert_eq!(domains, ["one.test", "two.test", "one.test"]);
+    for (i, r) in fresh.recipients.iter().enumerate() {
+        assert_eq!(r.position, i as i64);
+        assert_eq!(r.status, DeliveryStatus::Queued);
+        assert_eq!(r.attempts, 0);
+        assert_eq!(
+            (r.last_reply.as_deref(), r.last_host.as_deref()),
+            (None, None)
+        );
+        assert!(!r.warned && !r.admin_bounce);
+    }
+    let due = store
+        .next_due_ms()
+        .await
+        .unwrap()
+        .expect("something is due");
+    assert!(due <= now() * 1000, "new recipients are due at once: {due}");
+
+    let now_ms = now() * 1000 + 1000;
+    let jobs = store.claim_due(now_ms, 100).await.unwrap();
+    assert_eq!(
+        job_keys(&jobs),
+        [
+            key("M1", "one.test", &[0, 2]),
+            key("M1", "two.test", &[1]),
+            key("M2", "one.test", &[0]),
+        ]
+    );
+    let m1_one = jobs
+        .iter()
+        .find(|j| j.message_id == "M1" && j.domain == "one.test")
+        .unwrap();
+    assert_eq!(m1_one.sender, "Alice@Example.com");
+    assert_eq!(m1_one.spool_path, "spool/M1.eml");
+    assert_eq!(m1_one.size, 1234);
+    assert_eq!(m1_one.received_at, 100);
+    assert_eq!(m1_one.auth_user.as_deref(), Some("alice@example.com"));
+    assert!(
+        m1_one
+            .recipients
+            .iter()
+            .all(|r| r.status == DeliveryStatus::InFlight && r.attempts == 0)
+    );
+    let m2_job = jobs.iter().find(|j| j.message_id == "M2").unwrap();
+    assert_eq!(
+        (m2_job.sender.as_str(), m2_job.auth_user.as_ref()),
+        ("", None)
+    );
+
+    // Claimed recipients are in flight, not claimable again, not due.
+    assert_eq!(statuses(&store, "M1").await, [DeliveryStatus::InFlight; 3]);
+    assert!(store.claim_due(i64::MAX, 100).await.unwrap().is_empty());
+    assert_eq!(store.next_due_ms().await.unwrap(), None);
+
+    // Defer them to different times.
+    let times = [
+        ("M1", 0, 5_000),
+        ("M1", 1, 7_000),
+        ("M1", 2, 6_000),
+        ("M2", 0, 6_000),
+    ];
+    let outcomes: Vec<RecipientOutcome> = times
+        .iter()
+        .map(|(id, pos, at)| outcome(id, *pos, DeliveryStatus::Deferred, *at, "451 later"))
+        .collect();
+    assert!(
+        store
+            .record_delivery(&outcomes, &[], 1_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(5_000));
+
+    // Not yet due: nothing. Due exactly at next_attempt_ms: claimed.
+    assert!(store.claim_due(4_999, 100).await.unwrap().is_empty());
+    let jobs = store.claim_due(5_000, 100).await.unwrap();
+    assert_eq!(job_keys(&jobs), [key("M1", "one.test", &[0])]);
+    assert_eq!(jobs[0].recipients[0].attempts, 1);
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(6_000));
+
+    // The limit counts recipients, earliest first.
+    let jobs = store.claim_due(i64::MAX, 2).await.unwrap();
+    assert_eq!(
+        job_keys(&jobs),
+        [key("M1", "one.test", &[2]), key("M2", "one.test", &[0])]
+    );
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(7_000));
+    let jobs = store.claim_due(i64::MAX, 1).await.unwrap();
+    assert_eq!(job_keys(&jobs), [key("M1", "two.test", &[1])]);
+    assert_eq!(store.next_due_ms().await.unwrap(), None);
+    assert!(store.claim_due(i64::MAX, 100).await.unwrap().is_empty());
+}
+
+/// release_in_flight puts claimed recipients back to queued (a restart
+/// after a crash) without counting an attempt; they are claimable again.
+pub async fn suite_release_in_flight(store: Arc<dyn Store>) {
+    assert_eq!(store.release_in_flight().await.unwrap(), 0);
+    store
+        .enqueue(&message(
+            "R1",
+            "a@example.com",
+            &["x@one.test", "y@two.test"],
+            1,
+        ))
+        .await
+        .unwrap();
+    store
+        .enqueue(&message("R2", "a@example.com", &["z@one.test"], 2))
+        .await
+        .unwrap();
+    let now_ms = now() * 1000 + 1000;
+    assert_eq!(store.claim_due(now_ms, 100).await.unwrap().len(), 3);
+    // One is finished before the "crash": it stays delivered.
+    store
+        .record_delivery(
+            &[outcome("R2", 0, DeliveryStatus::Delivered, 0, "250 ok")],
+            &[],
+            now_ms,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.release_in_flight().await.unwrap(), 2);
+    assert_eq!(statuses(&store, "R1").await, [DeliveryStatus::Queued; 2]);
+    assert_eq!(statuses(&store, "R2").await, [DeliveryStatus::Delivered]);
+    assert!(
+        entry(&store, "R1")
+            .await
+            .recipients
+            .iter()
+            .all(|r| r.attempts == 0)
+    );
+    assert_eq!(store.release_in_flight().await.unwrap(), 0);
+
+    let jobs = store.claim_due(now_ms, 100).await.unwrap();
+    assert_eq!(
+        job_keys(&jobs),
+        [key("R1", "one.test", &[0]), key("R1", "two.test", &[1])]
+    );
+}
+
+/// record_delivery: each outcome updates its recipient and appends an event;
+/// `done_at` is set (and the spool path returned) only once every recipient
+/// is delivered or bounced.
+pub async fn suite_record_delivery(store: Arc<dyn Store>) {
+    store
+        .enqueue(&message(
+            "D1",
+            "a@example.com",
+            &["x@one.test", "y@one.test", "z@one.test"],
+            1,
+        ))
+        .await
+        .unwrap();
+    store
+        .enqueue(&message("D2", "a@example.com", &["w@two.test"], 2))
+        .await
+        .unwrap();
+    assert!(store.delivery_events("D1").await.unwrap().is_empty());
+    store.claim_due(i64::MAX, 100).await.unwrap();
+
+    let mut deferred = outcome(
+        "D1",
+        1,
+        DeliveryStatus::Deferred,
+        90_000,
+        "451 4.7.1 greylisted",
+    );
+    deferred.host = Some("mx2.one.test".into());
+    let mut bounced = outcome(
+        "D1",
+        2,
+        DeliveryStatus::Bounced,
+        0,
+        "550 5.1.1 no such user",
+    );
+    bounced.host = None;
+    let done = store
+        .record_delivery(
+            &[
+                outcome("D1", 0, DeliveryStatus::Delivered, 0, "250 2.0.0 ok"),
+                deferred,
+                bounced,
+            ],
+            &[],
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert!(done.is_empty(), "one recipient is still deferred: {done:?}");
+
+    let d1 = entry(&store, "D1").await;
+    assert_eq!(d1.done_at, None);
+    let [x, y, z] = &d1.recipients[..] else {
+        panic!("three recipients: {d1:?}");
+    };
+    assert_eq!(x.status, DeliveryStatus::Delivered);
+    assert_eq!(x.last_reply.as_deref(), Some("250 2.0.0 ok"));
+    assert_eq!(x.last_host.as_deref(), Some("mx.example.net"));
+    assert_eq!(y.status, DeliveryStatus::Deferred);
+    assert_eq!(y.next_attempt_ms, 90_000);
+    assert_eq!(y.last_reply.as_deref(), Some("451 4.7.1 greylisted"));
+    assert_eq!(y.last_host.as_deref(), Some("mx2.one.test"));
+    assert_eq!(z.status, DeliveryStatus::Bounced);
+    assert_eq!(z.last_host, None);
+    assert!([x, y, z].iter().all(|r| r.attempts == 1));
+
+    let events = store.delivery_events("D1").await.unwrap();
+    let event = |recipient: &str, outcome: &str, host: Option<&str>, reply: &str| DeliveryEvent {
+        message_id: "D1".into(),
+        recipient: recipient.into(),
+        at_ms: 10_000,
+        outcome: outcome.into(),
+        host: host.map(str::to_owned),
+        reply: reply.into(),
+    };
+    assert_eq!(
+        events,
+        [
+            event(
+                "x@one.test",
+                "delivered",
+                Some("mx.example.net"),
+                "250 2.0.0 ok"
+            ),
+            event(
+                "y@one.test",
+                "deferred",
+                Some("mx2.one.test"),
+                "451 4.7.1 greylisted"
+            ),
+            event("z@one.test", "bounced", None, "550 5.1.1 no such user"),
+        ]
+    );
+    assert!(store.delivery_events("D2").await.unwrap().is_empty());
+    assert!(store.delivery_events("nope").await.unwrap().is_empty());
+
+    // Not-final messages are listed; the partly delivered one too.
+    assert_eq!(
+        ids_of(store.queue_entries(None, false).await.unwrap()),
+        ["D1", "D2"]
+    );
+
+    // A second deferral counts a second attempt; a warning flag sticks.
+    store.claim_due(90_000, 100).await.unwrap();
+    let mut again = outcome("D1", 1, DeliveryStatus::Deferred, 200_000, "421 busy");
+    again.warned = true;
+    store.record_delivery(&[again], &[], 95_000).await.unwrap();
+    let y = &entry(&store, "D1").await.recipients[1];
+    assert_eq!(
+        (y.attempts, y.warned, y.next_attempt_ms),
+        (2, true, 200_000)
+    );
+    store.claim_due(200_000, 100).await.unwrap();
+    // A release (status queued) counts no attempt and keeps the warning.
+    store
+        .record_delivery(
+            &[outcome(
+                "D1",
+                1,
+                DeliveryStatus::Queued,
+                250_000,
+                "shutting down",
+            )],
+            &[],
+            210_000,
+        )
+        .await
+        .unwrap();
+    let y = &entry(&store, "D1").await.recipients[1];
+    assert_eq!(y.status, DeliveryStatus::Queued);
+    assert_eq!(
+        (y.attempts, y.warned, y.next_attempt_ms),
+        (2, true, 250_000)
+    );
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(250_000));
+
+    // The last recipient delivered: the message is done, its spool path returned.
+    store.claim_due(250_000, 100).await.unwrap();
+    let done = store
+        .record_delivery(
+            &[outcome("D1", 1, DeliveryStatus::Delivered, 0, "250 ok")],
+            &[],
+            300_500,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, [("D1".to_owned(), "spool/D1.eml".to_owned())]);
+    let d1 = entry(&store, "D1").await;
+    assert_eq!(d1.done_at, Some(300));
+    let outcomes: Vec<(String, i64)> = store
+        .delivery_events("D1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.outcome, e.at_ms))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("delivered".to_owned(), 10_000),
+            ("deferred".to_owned(), 10_000),
+            ("bounced".to_owned(), 10_000),
+            ("deferred".to_owned(), 95_000),
+            ("released".to_owned(), 210_000),
+            ("delivered".to_owned(), 300_500),
+        ]
+    );
+    assert_eq!(
+        ids_of(store.queue_entries(None, false).await.unwrap()),
+        ["D2"]
+    );
+    assert_eq!(
+        ids_of(store.queue_entries(None, true).await.unwrap()),
+        ["D1", "D2"]
+    );
+
+    // A bounce finishes a message as well; recording on a finished message
+    // does not return it again.
+    let done = store
+        .record_delivery(
+            &[outcome("D2", 0, DeliveryStatus::Bounced, 0, "550 no")],
+            &[],
+            400_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, [("D2".to_owned(), "spool/D2.eml".to_owned())]);
+    assert_eq!(entry(&store, "D2").await.done_at, Some(400));
+
+    // An outcome for a message deleted meanwhile (by an admin) is ignored.
+    store
+        .enqueue(&message("D3", "a@example.com", &["v@one.test"], 3))
+        .await
+        .unwrap();
+    store.claim_due(i64::MAX, 100).await.unwrap();
+    store.delete_message("D3").await.unwrap();
+    let done = store
+        .record_delivery(
+            &[outcome("D3", 0, DeliveryStatus::Delivered, 0, "250 ok")],
+            &[],
+            500_000,
+        )
+        .await
+        .unwrap();
+    assert!(done.is_empty(), "{done:?}");
+    assert!(store.queue_entry("D3").await.unwrap().is_none());
+    assert!(store.delivery_events("D3").await.unwrap().is_empty());
+}
+
+/// Notices (DSNs) are enqueued in the same transaction as the outcomes: a
+/// notice that cannot be recorded leaves the outcomes unrecorded too.
+pub async fn suite_delivery_notices(store: Arc<dyn Store>) {
+    store
+        .enqueue(&message("N1", "alice@example.com", &["x@one.test"], 1))
+        .await
+        .unwrap();
+    store.claim_due(i64::MAX, 100).await.unwrap();
+
+    let mut dsn = message("DSN1", "", &["alice@example.com"], 5);
+    dsn.auth_user = None;
+    let bounce = outcome("N1", 0, DeliveryStatus::Bounced, 0, "550 5.1.1 unknown");
+
+    // The notice's id is taken: nothing is recorded.
+    let taken = message("N1", "", &["alice@example.com"], 5);
+    let mut taken = taken;
+    taken.auth_user = None;
+    assert_exists(
+        store
+            .record_delivery(std::slice::from_ref(&bounce), &[dsn.clone(), taken], 1_000)
+            .await,
+        "N1",
+    );
+    assert_eq!(statuses(&store, "N1").await, [DeliveryStatus::InFlight]);
+    assert!(store.delivery_events("N1").await.unwrap().is_empty());
+    assert!(store.queue_entry("DSN1").await.unwrap().is_none());
+
+    // A malformed notice: refused, nothing recorded either.
+    let mut bad = dsn.clone();
+    bad.id = "DSN2".into();
+    bad.recipients.clear();
+    assert_invalid(
+        store
+            .record_delivery(std::slice::from_ref(&bounce), &[bad], 1_000)
+            .await,
+        "notice without recipients",
+    );
+    assert_eq!(statuses(&store, "N1").await, [DeliveryStatus::InFlight]);
+    assert!(store.delivery_events("N1").await.unwrap().is_empty());
+
+    // Both together.
+    let done = store
+        .record_delivery(
+            std::slice::from_ref(&bounce),
+            std::slice::from_ref(&dsn),
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, [("N1".to_owned(), "spool/N1.eml".to_owned())]);
+    assert_eq!(statuses(&store, "N1").await, [DeliveryStatus::Bounced]);
+    let notice = entry(&store, "DSN1").await;
+    assert_eq!(notice.sender, "");
+    assert_eq!(notice.done_at, None);
+    assert_eq!(notice.recipients[0].address, "alice@example.com");
+    assert_eq!(notice.recipients[0].domain, "example.com");
+    assert_eq!(notice.recipients[0].status, DeliveryStatus::Queued);
+    // It is due for delivery like any new message.
+    let jobs = store.claim_due(i64::MAX, 100).await.unwrap();
+    assert_eq!(job_keys(&jobs), [key("DSN1", "example.com", &[0])]);
+}
+
+/// An outcome with `new_address` (alias expansion) rewrites the recipient
+/// and its domain and requeues it.
+pub async fn suite_delivery_rewrite(store: Arc<dyn Store>) {
+    store
+        .enqueue(&message(
+            "A1",
+            "a@example.com",
+            &["info@local.test", "x@one.test"],
+            1,
+        ))
+        .await
+        .unwrap();
+    store.claim_due(i64::MAX, 100).await.unwrap();
+    let mut expand = outcome("A1", 0, DeliveryStatus::Queued, 2_000, "expanded to bob");
+    expand.host = None;
+    expand.new_address = Some("Bob@Remote.TEST".into());
+    let done = store
+        .record_delivery(
+            &[
+                expand,
+                outcome("A1", 1, DeliveryStatus::Delivered, 0, "250 ok"),
+            ],
+            &[],
+            2_000,
+        )
+        .await
+        .unwrap();
+    assert!(done.is_empty());
+    let r = &entry(&store, "A1").await.recipients[0];
+    assert_eq!(r.position, 0);
+    assert!(r.address.eq_ignore_ascii_case("bob@remote.test"), "{r:?}");
+    assert_eq!(r.domain, "remote.test");
+    assert_eq!(r.status, DeliveryStatus::Queued);
+    assert_eq!(r.next_attempt_ms, 2_000);
+    let events = store.delivery_events("A1").await.unwrap();
+    assert_eq!(events[0].outcome, "expanded");
+
+    // Claimed for the new domain.
+    let jobs = store.claim_due(2_000, 100).await.unwrap();
+    assert_eq!(job_keys(&jobs), [key("A1", "remote.test", &[0])]);
+    let done = store
+        .record_delivery(
+            &[outcome("A1", 0, DeliveryStatus::Delivered, 0, "250 ok")],
+            &[],
+            3_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+}
+
+/// Admin operations: retry_now, request_bounce, delete_message, prune_done,
+/// and the status filter of queue_entries.
+pub async fn suite_queue_admin(store: Arc<dyn Store>) {
+    for (id, received) in [("E1", 1), ("E2", 2), ("E3", 3)] {
+        store
+            .enqueue(&message(
+                id,
+                "a@example.com",
+                &["x@one.test", "y@two.test"],
+                received,
+            ))
+            .await
+            .unwrap();
+    }
+    store.claim_due(i64::MAX, 100).await.unwrap();
+    // E1: both deferred. E2: delivered + deferred. E3: delivered + bounced (done).
+    store
+        .record_delivery(
+            &[
+                outcome("E1", 0, DeliveryStatus::Deferred, 50_000, "451"),
+                outcome("E1", 1, DeliveryStatus::Deferred, 60_000, "451"),
+                outcome("E2", 0, DeliveryStatus::Delivered, 0, "250"),
+                outcome("E2", 1, DeliveryStatus::Deferred, 70_000, "451"),
+                outcome("E3", 0, DeliveryStatus::Delivered, 0, "250"),
+                outcome("E3", 1, DeliveryStatus::Bounced, 0, "550"),
+            ],
+            &[],
+            10_000,
+        )
+        .await
+        .unwrap();
+    store
+        .enqueue(&message("E4", "a@example.com", &["z@one.test"], 4))
+        .await
+        .unwrap();
+    // Only E4 is due (the deferred ones wait until 50_000 and later).
+    let jobs = store.claim_due(1_000, 100).await.unwrap();
+    assert_eq!(job_keys(&jobs), [key("E4", "one.test", &[0])]);
+    // E4 is in flight.
+
+    // queue_entries: status filter, include_done, oldest first.
+    let list = |status: Option<DeliveryStatus>, all: bool| {
+        let store = Arc::clone(&store);
+        async move { ids_of(store.queue_entries(status, all).await.unwrap()) }
+    };
+    assert_eq!(list(None, false).await, ["E1", "E2", "E4"]);
+    assert_eq!(list(None, true).await, ["E1", "E2", "E3", "E4"]);
+    assert_eq!(
+        list(Some(DeliveryStatus::Deferred), false).await,
+        ["E1", "E2"]
+    );
+    assert_eq!(list(Some(DeliveryStatus::Delivered), false).await, ["E2"]);
+    assert_eq!(
+        list(Some(DeliveryStatus::Delivered), true).await,
+        ["E2", "E3"]
+    );
+    assert_eq!(
+        list(Some(DeliveryStatus::Bounced), false).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(list(Some(DeliveryStatus::Bounced), true).await, ["E3"]);
+    assert_eq!(list(Some(DeliveryStatus::InFlight), false).await, ["E4"]);
+    assert_eq!(
+        list(Some(DeliveryStatus::Queued), true).await,
+        Vec::<String>::new()
+    );
+    let entries = store.queue_entries(None, true).await.unwrap();
+    assert_eq!(
+        entries[2].recipients.len(),
+        2,
+        "entries carry every recipient"
+    );
+    assert_eq!(entries[2], entry(&store, "E3").await);
+    assert!(store.queue_entry("nope").await.unwrap().is_none());
+
+    // retry_now: one message's queued/deferred recipients, or everyone's.
+    assert_eq!(store.retry_now(Some("E1"), 20_000).await.unwrap(), 2);
+    let e1 = entry(&store, "E1").await;
+    assert!(e1.recipients.iter().all(|r| r.next_attempt_ms == 20_000));
+    assert!(
+        e1.recipients
+            .iter()
+            .all(|r| r.status == DeliveryStatus::Deferred)
+    );
+    assert_eq!(
+        entry(&store, "E2").await.recipients[1].next_attempt_ms,
+        70_000
+    );
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(20_000));
+    assert_eq!(store.retry_now(Some("E3"), 20_000).await.unwrap(), 0);
+    assert_eq!(
+        store.retry_now(Some("E4"), 20_000).await.unwrap(),
+        0,
+        "in flight"
+    );
+    assert_not_found(store.retry_now(Some("nope"), 20_000).await, "nope");
+    assert_eq!(store.retry_now(None, 15_000).await.unwrap(), 3);
+    assert_eq!(
+        entry(&store, "E2").await.recipients[1].next_attempt_ms,
+        15_000
+    );
+    assert_eq!(
+        entry(&store, "E2").await.recipients[0].status,
+        DeliveryStatus::Delivered
+    );
+
+    // request_bounce: flags the not-final recipients, due now unless in flight.
+    assert_eq!(store.request_bounce("E2", 30_000).await.unwrap(), 1);
+    let e2 = entry(&store, "E2").await;
+    assert!(!e2.recipients[0].admin_bounce);
+    assert!(e2.recipients[1].admin_bounce);
+    assert_eq!(e2.recipients[1].next_attempt_ms, 30_000);
+    assert_eq!(store.request_bounce("E3", 30_000).await.unwrap(), 0);
+    assert_eq!(store.request_bounce("E4", 30_000).await.unwrap(), 1);
+    let e4 = &entry(&store, "E4").await.recipients[0];
+    assert!(e4.admin_bounce);
+    assert_eq!(e4.status, DeliveryStatus::InFlight);
+    assert_not_found(store.request_bounce("nope", 1).await, "nope");
+    // The flag travels with the claim, and a deferral keeps it.
+    let jobs = store.claim_due(30_000, 100).await.unwrap();
+    let flagged: Vec<bool> = jobs
+        .iter()
+        .filter(|j| j.message_id == "E2")
+        .flat_map(|j| j.recipients.iter().map(|r| r.admin_bounce))
+        .collect();
+    assert_eq!(flagged, [true]);
+    store
+        .record_delivery(
+            &[outcome("E4", 0, DeliveryStatus::Deferred, 40_000, "451")],
+            &[],
+            31_000,
+        )
+        .await
+        .unwrap();
+    assert!(entry(&store, "E4").await.recipients[0].admin_bounce);
+
+    // delete_message: the message, its recipients and events go.
+    assert_eq!(store.delete_message("E1").await.unwrap(), "spool/E1.eml");
+    assert!(store.queue_entry("E1").await.unwrap().is_none());
+    assert!(store.delivery_events("E1").await.unwrap().is_empty());
+    assert_not_found(store.delete_message("E1").await, "E1");
+    assert!(
+        store
+            .claim_due(i64::MAX, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.message_id != "E1")
+    );
+    assert_eq!(list(None, true).await, ["E2", "E3", "E4"]);
+
+    // prune_done: finished messages done strictly before the cut, with events.
+    assert_eq!(entry(&store, "E3").await.done_at, Some(10));
+    assert_eq!(store.prune_done(10).await.unwrap(), 0);
+    assert_eq!(store.prune_done(11).await.unwrap(), 1);
+    assert!(store.queue_entry("E3").await.unwrap().is_none());
+    assert!(store.delivery_events("E3").await.unwrap().is_empty());
+    assert_eq!(
+        store.prune_done(i64::MAX).await.unwrap(),
+        0,
+        "the rest are not done"
+    );
+    assert_eq!(list(None, true).await, ["E2", "E4"]);
+    assert!(!store.delivery_events("E2").await.unwrap().is_empty());
+}
+
+/// Aliases: only on local domains, exact aliases before the catch-all,
+/// normalised, listed sorted, removable.
+pub async fn suite_aliases(store: Arc<dyn Store>) {
+    assert!(store.list_aliases().await.unwrap().is_empty());
+    assert_eq!(store.resolve_alias("info@local.test").await.unwrap(), None);
+
+    // Not a local domain (yet).
+    assert_invalid(
+        store.add_alias("info@local.test", "bob@example.net").await,
+        "non-local domain",
+    );
+    assert_invalid(
+        store.add_alias("@local.test", "bob@example.net").await,
+        "non-local catch-all",
+    );
+    store.add_domain("local.test").await.unwrap();
+
+    for bad in [
+        "",
+        "info",
+        "info@",
+        "@",
+        "@bad..domain",
+        "in fo@local.test",
+        "a@b@local.test",
+    ] {
+        assert_invalid(store.add_alias(bad, "bob@example.net").await, bad);
+    }
+    for bad in ["", "bob", "@example.net", "bob@", "b ob@example.net"] {
+        assert_invalid(store.add_alias("info@local.test", bad).await, bad);
+    }
+    assert_invalid(
+        store.add_alias("info@local.test", "INFO@local.test").await,
+        "an alias to itself",
+    );
+
+    let before = now();
+    store
+        .add_alias(" Info@Local.TEST ", "Bob@Example.NET")
+        .await
+        .unwrap();
+    store
+        .add_alias("@LOCAL.test", "catchall@example.net")
+        .await
+        .unwrap();
+    store
+        .add_alias("sales@local.test", "carol@local.test")
+        .await
+        .unwrap();
+    assert_exists(
+        store.add_alias("INFO@local.test", "x@example.net").await,
+        "info@local.test",
+    );
+    assert_exists(
+        store.add_alias("@local.test", "x@example.net").await,
+        "@local.test",
+    );
+
+    let aliases = store.list_aliases().await.unwrap();
+    let pairs: Vec<(&str, &str)> = aliases
+        .iter()
+        .map(|a| (a.alias.as_str(), a.target.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("@local.test", "catchall@example.net"),
+            ("info@local.test", "bob@example.net"),
+            ("sales@local.test", "carol@local.test"),
+        ]
+    );
+    assert!(
+        aliases
+            .iter()
+            .all(|a| a.created_at >= before && a.created_at <= now())
+    );
+
+    // Exact beats catch-all; lookups are case-insensitive.
+    let resolve = |a: &'static str| {
+        let store = Arc::clone(&store);
+        async move { store.resolve_alias(a).await.unwrap() }
+    };
+    assert_eq!(
+        resolve("INFO@local.test").await.as_deref(),
+        Some("bob@example.net")
+    );
+    assert_eq!(
+        resolve("sales@local.test").await.as_deref(),
+        Some("carol@local.test")
+    );
+    assert_eq!(
+        resolve("anyone@Local.Test").await.as_deref(),
+        Some("catchall@example.net")
+    );
+    assert_eq!(resolve("info@other.test").await, None);
+    assert_eq!(resolve("not an address").await, None);
+
+    // Removal, then the catch-all takes over.
+    store.remove_alias("Info@LOCAL.test").await.unwrap();
+    assert_not_found(
+        store.remove_alias("info@local.test").await,
+        "info@local.test",
+    );
+    assert_eq!(
+        resolve("info@local.test").await.as_deref(),
+        Some("catchall@example.net")
+    );
+    store.remove_alias("@local.test").await.unwrap();
+    assert_not_found(store.remove_alias("@Local.test").await, "@local.test");
+    assert_eq!(resolve("info@local.test").await, None);
+    assert_eq!(
+        resolve("sales@local.test").await.as_deref(),
+        Some("carol@local.test")
+    );
+    assert_invalid(store.remove_alias("not an alias").await, "malformed alias");
+    assert_eq!(store.list_aliases().await.unwrap().len(), 1);
 }
