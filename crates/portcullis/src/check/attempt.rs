@@ -233,12 +233,17 @@ impl<'a> Runner<'a> {
             error: "no address".to_owned(),
         };
         let mut summary = String::new();
+        let mut earlier = Vec::new();
         for ip in self.plan.addresses.clone() {
             let addr = SocketAddr::new(ip, self.port);
+            if !summary.is_empty() {
+                earlier.push(std::mem::take(&mut summary));
+            }
             match smtp::connect(addr, self.plan.timeout).await {
                 Ok(tcp) => {
                     self.addr = Some(addr);
-                    self.pass(step, format!("connected to {addr}"), None);
+                    let text = format!("connected to {addr}");
+                    self.record(step, Status::Pass, text, earlier, None);
                     return Ok(tcp);
                 }
                 Err(ConnectError::Refused) => {
@@ -258,7 +263,8 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        self.fail(step, summary, None, last)
+        self.record(step, Status::Fail, summary, earlier, None);
+        Err(last)
     }
 
     /// A second connection to the address that worked (for the TLS probe
@@ -376,6 +382,7 @@ impl<'a> Runner<'a> {
             self.plan.timeout,
         );
         let start = Instant::now();
+        self.obs.step_started(StepKind::Greeting);
         let short = SILENT_BEFORE_TLS_PROBE.min(self.plan.timeout);
         match conn.read_reply_until(start + short).await {
             Ok(reply) => {

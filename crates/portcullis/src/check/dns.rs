@@ -59,6 +59,9 @@ pub async fn resolve(host: &str, limit: Duration) -> Result<Resolved, DnsError> 
             let (ips, mx) = tokio::join!(ips, mx);
             let addresses = match ips {
                 Ok(Ok(lookup)) => Ok(lookup.iter().collect::<Vec<_>>()),
+                Ok(Err(e)) if e.is_no_records_found() => {
+                    Err(DnsError::NoAddress { mx: Vec::new() })
+                }
                 Ok(Err(e)) => Err(DnsError::Resolver(e.to_string())),
                 Err(_) => Err(DnsError::TimedOut),
             };
@@ -85,6 +88,7 @@ pub async fn resolve(host: &str, limit: Duration) -> Result<Resolved, DnsError> 
             }
             match other {
                 Err(DnsError::TimedOut) => Err(DnsError::TimedOut),
+                Err(DnsError::Resolver(e)) => Err(DnsError::Resolver(e)),
                 _ => Err(DnsError::NoAddress { mx }),
             }
         }

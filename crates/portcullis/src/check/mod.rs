@@ -16,7 +16,7 @@ mod sasl;
 mod smtp;
 mod tls;
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,7 +169,15 @@ fn usage_error(message: String) -> ! {
 
 fn read_password(args: &CheckArgs) -> Option<String> {
     let user = args.user.as_ref()?;
-    let password = if args.password_stdin {
+    let password = if args.password_stdin && std::io::stdin().is_terminal() {
+        // Typed by a person: prompt on stderr and do not echo.
+        let term = console::Term::stderr();
+        let _ = term.write_str(&format!("Password for {user}: "));
+        match term.read_secure_line() {
+            Ok(line) => line,
+            Err(e) => usage_error(format!("--password-stdin: cannot read the terminal: {e}")),
+        }
+    } else if args.password_stdin {
         let mut raw = Vec::new();
         let limit = u64::try_from(MAX_PASSWORD + 2).unwrap_or(u64::MAX);
         if let Err(e) = std::io::stdin().take(limit).read_to_end(&mut raw) {
@@ -377,13 +385,15 @@ fn build_report(plan: &Plan, dns_step: Step, attempts: Vec<Attempt>) -> Report {
 }
 
 /// The best working combination: TLS first, then AUTH tested, then the
-/// submission ports, then the order tried.
+/// submission ports, then implicit TLS, then the order tried.
 fn recommend(plan: &Plan, attempts: &[Attempt]) -> Option<Recommendation> {
     let score = |a: &Attempt| {
         let tls = u8::from(a.tls_used != TlsUsed::None);
         let auth = u8::from(a.auth_passed());
         let submission = u8::from(matches!(a.port, 465 | 587));
-        (tls, auth, submission)
+        // RFC 8314 3.3: implicit TLS is preferred to STARTTLS.
+        let implicit = u8::from(a.tls_used == TlsUsed::Implicit);
+        (tls, auth, submission, implicit)
     };
     let best = attempts
         .iter()

@@ -142,11 +142,16 @@ impl Text {
         if let Some(diagnosis) = &report.diagnosis {
             self.diagnosis(diagnosis);
         } else if report.ok {
-            let text = self
-                .styles
-                .ok
-                .apply_to("Result: every requested step passed.")
-                .to_string();
+            let passed = report.attempts.iter().filter(|a| a.ok).count();
+            let text = if report.attempts.len() > 1 {
+                format!(
+                    "Result: {passed} of {} ports passed every requested step.",
+                    report.attempts.len()
+                )
+            } else {
+                "Result: every requested step passed.".to_owned()
+            };
+            let text = self.styles.ok.apply_to(text).to_string();
             self.line(&text);
         }
     }
