@@ -226,6 +226,10 @@ fn wrong_password_is_535_with_audit_hint() {
     let args = auth_args(server.submission, "starttls");
     let out = check(&dir, &strs(&args), Some(WRONG));
     assert!(out.stdout.contains("535 5.7.8"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains('\x1b'),
+        "no colour when not a terminal"
+    );
     fails_with(
         &out,
         "credentials_rejected",
@@ -617,4 +621,47 @@ fn fake_echoing_the_credentials_never_shows_the_password() {
         lines.contains(&b64(PASSWORD)),
         "the password did go to the server: {lines:?}"
     );
+}
+
+#[test]
+fn fake_tls_alert_is_a_handshake_failure() {
+    // A fatal handshake_failure alert (TLS record 21, alert 40), as a server
+    // with no TLS version or cipher in common sends.
+    let fake = FakeSmtp::start(Script::raw(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]));
+    let dir = TempDir::new().unwrap();
+    let port = fake.port.to_string();
+    let out = check(
+        &dir,
+        &[
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--tls",
+            "implicit",
+            "--timeout",
+            "2s",
+        ],
+        None,
+    );
+    fails_with(
+        &out,
+        "tls_handshake_failed",
+        &["version or cipher", "openssl s_client"],
+    );
+}
+
+#[test]
+fn auto_tries_the_standard_ports_in_order() {
+    let dir = TempDir::new().unwrap();
+    let out = check(&dir, &["127.0.0.1", "--timeout", "2s", "--json"], None);
+    assert_ne!(out.code, 2, "{}", out.stderr);
+    let report = json(&out);
+    let ports: Vec<u64> = report["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [587, 465, 25, 2525]);
+    assert_eq!(report["ok"] == true, out.code == 0);
 }

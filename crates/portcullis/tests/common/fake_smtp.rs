@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
@@ -21,6 +21,9 @@ pub struct Script {
     /// (upper-case command prefix, reply with CRLF line ends). A reply
     /// containing `{line}` echoes the command line received.
     pub rules: Vec<(String, String)>,
+    /// Written in answer to the first bytes received, then the connection
+    /// is closed (e.g. a TLS alert record).
+    pub raw_answer: Option<Vec<u8>>,
 }
 
 impl Script {
@@ -28,6 +31,16 @@ impl Script {
         Script {
             greeting: greeting.map(|g| format!("{g}\r\n")),
             rules: Vec::new(),
+            raw_answer: None,
+        }
+    }
+
+    /// A peer that answers whatever it receives first with `bytes`.
+    pub fn raw(bytes: &[u8]) -> Script {
+        Script {
+            greeting: None,
+            rules: Vec::new(),
+            raw_answer: Some(bytes.to_vec()),
         }
     }
 
@@ -75,6 +88,16 @@ impl FakeSmtp {
 
 async fn serve(stream: tokio::net::TcpStream, script: Script, seen: Arc<Mutex<Vec<String>>>) {
     let (read, mut write) = stream.into_split();
+    if let Some(answer) = &script.raw_answer {
+        let mut buf = [0u8; 1024];
+        let mut read = read;
+        if let Ok(Ok(n)) = tokio::time::timeout(IDLE, read.read(&mut buf)).await
+            && n > 0
+        {
+            let _ = write.write_all(answer).await;
+        }
+        return;
+    }
     let mut read = BufReader::new(read);
     if let Some(greeting) = &script.greeting
         && write.write_all(greeting.as_bytes()).await.is_err()
@@ -109,8 +132,6 @@ async fn serve(stream: tokio::net::TcpStream, script: Script, seen: Arc<Mutex<Ve
         }
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 impl Drop for FakeSmtp {
     fn drop(&mut self) {
