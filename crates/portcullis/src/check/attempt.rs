@@ -22,6 +22,10 @@ use super::tls::{self, HandshakeError};
 #[path = "submit.rs"]
 mod submit;
 
+/// Addresses of one host tried in turn, so many DNS records cannot make the
+/// connect step last longer than this many timeouts.
+const MAX_ADDRESSES: usize = 4;
+
 /// How long a plain connection may stay silent before we also try TLS on it.
 const SILENT_BEFORE_TLS_PROBE: Duration = Duration::from_secs(3);
 
@@ -234,7 +238,7 @@ impl<'a> Runner<'a> {
         };
         let mut summary = String::new();
         let mut earlier = Vec::new();
-        for ip in self.plan.addresses.clone() {
+        for ip in self.plan.addresses.iter().copied().take(MAX_ADDRESSES) {
             let addr = SocketAddr::new(ip, self.port);
             if !summary.is_empty() {
                 earlier.push(std::mem::take(&mut summary));
@@ -387,7 +391,6 @@ impl<'a> Runner<'a> {
         match conn.read_reply_until(start + short).await {
             Ok(reply) => {
                 let step = (StepKind::Greeting, start);
-                self.obs.step_started(StepKind::Greeting);
                 return self.check_greeting(step, self.clean_reply(reply), conn);
             }
             Err(

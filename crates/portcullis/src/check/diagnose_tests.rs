@@ -1,6 +1,7 @@
 //! One test per row of the table: the cause and the key advice.
 
 use super::*;
+use crate::check::reply::Reply;
 
 fn ctx() -> Ctx {
     Ctx {
@@ -228,6 +229,17 @@ fn auth_offers() {
         &ctx(),
     );
     assert_eq!(d.cause, "mechanism_not_offered");
+}
+
+#[test]
+fn ehlo_refused() {
+    let d = rejected_at(
+        StepKind::Ehlo,
+        reply(501, Some("5.5.4"), "Invalid EHLO name"),
+        &ctx(),
+    );
+    assert_eq!(d.cause, "ehlo_rejected");
+    assert!(all_text(&d).contains("--ehlo"));
 }
 
 #[test]

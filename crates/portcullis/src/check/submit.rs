@@ -57,29 +57,7 @@ impl Runner<'_> {
             );
         }
         self.attempt.server.auth_mechanism = Some(mech.name().to_owned());
-        let reply = match mech {
-            Mech::Plain => {
-                let response = zeroize::Zeroizing::new(sasl::plain_response(&user, &password));
-                let line = zeroize::Zeroizing::new(format!("AUTH PLAIN {}", response.as_str()));
-                let reply = self.command(conn, step, &line).await?;
-                if reply.code == 334 {
-                    self.sasl_rounds(conn, step, &[response.as_str()]).await?
-                } else {
-                    reply
-                }
-            }
-            Mech::Login => {
-                let reply = self.command(conn, step, "AUTH LOGIN").await?;
-                if reply.code == 334 {
-                    let user64 = sasl::encode(&user);
-                    let pass64 = zeroize::Zeroizing::new(sasl::encode(&password));
-                    self.sasl_rounds(conn, step, &[&user64, pass64.as_str()])
-                        .await?
-                } else {
-                    reply
-                }
-            }
-        };
+        let reply = self.exchange(conn, step, mech, &user, &password).await?;
         if reply.code == 235 {
             let summary = format!("authenticated as {user} with {}", mech.name());
             self.pass(step, summary, Some(reply));
@@ -95,6 +73,38 @@ impl Runner<'_> {
             Some(reply),
             failure,
         )
+    }
+
+    /// Runs the SASL exchange of `mech` and returns the final reply.
+    async fn exchange(
+        &mut self,
+        conn: &mut Conn,
+        step: (StepKind, Instant),
+        mech: Mech,
+        user: &str,
+        password: &str,
+    ) -> Flow<Reply> {
+        match mech {
+            Mech::Plain => {
+                let response = zeroize::Zeroizing::new(sasl::plain_response(user, password));
+                let line = zeroize::Zeroizing::new(format!("AUTH PLAIN {}", response.as_str()));
+                let reply = self.command(conn, step, &line).await?;
+                if reply.code == 334 {
+                    return self.sasl_rounds(conn, step, &[response.as_str()]).await;
+                }
+                Ok(reply)
+            }
+            Mech::Login => {
+                let reply = self.command(conn, step, "AUTH LOGIN").await?;
+                if reply.code != 334 {
+                    return Ok(reply);
+                }
+                let user64 = sasl::encode(user);
+                let pass64 = zeroize::Zeroizing::new(sasl::encode(password));
+                self.sasl_rounds(conn, step, &[&user64, pass64.as_str()])
+                    .await
+            }
+        }
     }
 
     /// Answers 334 challenges with `answers` in order; returns the first
