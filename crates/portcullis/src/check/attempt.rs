@@ -103,12 +103,7 @@ impl<'a> Runner<'a> {
 
     async fn steps(&mut self) -> Flow<Conn> {
         let tcp = self.connect().await?;
-        let implicit_first = match self.plan.tls {
-            TlsMode::Implicit => true,
-            TlsMode::Auto => self.port == 465,
-            TlsMode::Starttls | TlsMode::None => false,
-        };
-        let mut conn = if implicit_first {
+        let mut conn = if self.plan.tls.implicit_first(self.port) {
             match self.implicit(tcp).await? {
                 Some(conn) => conn,
                 None => {

@@ -62,8 +62,7 @@ pub struct CheckArgs {
     /// Ports to try in order, like `auto` with your own list: --ports 587,465.
     #[arg(long, value_name = "PORT,...", value_delimiter = ',', value_parser = parse_port)]
     ports: Vec<u16>,
-    /// TLS mode. `auto`: implicit TLS on 465, STARTTLS elsewhere, switching
-    /// when the port turns out to speak the other.
+    /// TLS mode.
     #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
     tls: TlsMode,
     /// Username to test AUTH with (usually the full email address).
@@ -353,6 +352,7 @@ fn dns_report(plan: &Plan, dns_step: Step, failure: Failure, port: u16) -> Repor
         attempts: Vec::new(),
         recommendation: None,
         diagnosis: Some(diagnose(&failure, &ctx)),
+        diagnosis_port: None,
     }
 }
 
@@ -364,15 +364,17 @@ fn build_report(plan: &Plan, dns_step: Step, attempts: Vec<Attempt>) -> Report {
         None
     };
     // The diagnosis to act on: the one attempt's, or the furthest one's.
-    let diagnosis = if ok {
+    let furthest = if ok {
         None
     } else {
         attempts
             .iter()
             .enumerate()
             .max_by_key(|(i, a)| (a.progress(), std::cmp::Reverse(*i)))
-            .and_then(|(_, a)| a.diagnosis.clone())
+            .map(|(_, a)| a)
     };
+    let diagnosis = furthest.and_then(|a| a.diagnosis.clone());
+    let diagnosis_port = furthest.map(|a| a.port);
     Report {
         host: plan.host.clone(),
         ok,
@@ -381,6 +383,7 @@ fn build_report(plan: &Plan, dns_step: Step, attempts: Vec<Attempt>) -> Report {
         attempts,
         recommendation,
         diagnosis,
+        diagnosis_port,
     }
 }
 

@@ -140,6 +140,11 @@ impl Text {
             self.line(&text);
         }
         if let Some(diagnosis) = &report.diagnosis {
+            if let (true, Some(port)) = (report.attempts.len() > 1, report.diagnosis_port) {
+                let text = format!("No port passed every step; port {port} got furthest:");
+                let text = self.styles.bad.apply_to(text).to_string();
+                self.line(&text);
+            }
             self.diagnosis(diagnosis);
         } else if report.ok {
             let passed = report.attempts.iter().filter(|a| a.ok).count();

@@ -71,10 +71,23 @@ pub enum TlsMode {
     /// Implicit TLS on 465, STARTTLS elsewhere, switching when the port
     /// turns out to speak the other.
     Auto,
+    /// Plain connection upgraded with STARTTLS (RFC 3207, port 587 style).
     Starttls,
+    /// TLS from the first byte (RFC 8314, port 465 style).
     Implicit,
     /// No TLS at all (sends the password in clear text if AUTH is tested).
     None,
+}
+
+impl TlsMode {
+    /// Whether an attempt on `port` starts with a TLS handshake.
+    pub fn implicit_first(self, port: u16) -> bool {
+        match self {
+            TlsMode::Implicit => true,
+            TlsMode::Auto => port == 465,
+            TlsMode::Starttls | TlsMode::None => false,
+        }
+    }
 }
 
 /// The TLS an attempt actually used.
@@ -239,4 +252,22 @@ pub struct Report {
     /// worked, the attempt that got furthest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<Diagnosis>,
+    /// The port of the attempt that `diagnosis` is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnosis_port: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implicit_first_only_on_465_in_auto() {
+        assert!(TlsMode::Auto.implicit_first(465));
+        assert!(!TlsMode::Auto.implicit_first(587));
+        assert!(!TlsMode::Auto.implicit_first(25));
+        assert!(TlsMode::Implicit.implicit_first(587));
+        assert!(!TlsMode::Starttls.implicit_first(465));
+        assert!(!TlsMode::None.implicit_first(465));
+    }
 }
