@@ -430,6 +430,51 @@ fn port_list_finds_and_recommends_the_working_combination() {
     assert_eq!(report["recommendation"]["tls"], "implicit");
 }
 
+#[test]
+fn trace_logs_and_server_logs_never_show_the_password() {
+    let dir = dir_with_alice();
+    let server = Server::start(dir.path());
+    for (port, tls, mech, password) in [
+        (server.submissions, "implicit", "plain", PASSWORD),
+        (server.submission, "starttls", "login", WRONG),
+    ] {
+        let out = finish(
+            common::command(dir.path())
+                .args([
+                    "check",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--tls",
+                    tls,
+                ])
+                .args(["--user", USER, "--password-env", "CHECK_PW", "--mech", mech])
+                .env("CHECK_PW", password)
+                .env("RUST_LOG", "trace")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        );
+        assert_no_secret(&out, password);
+        assert!(
+            out.stderr.len() > 100,
+            "trace logging is on: {}",
+            out.stderr
+        );
+    }
+    drop(server);
+    for log in ["serve.log", "log/mail.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        let run = Run {
+            code: 0,
+            stdout: text,
+            stderr: String::new(),
+        };
+        assert_no_secret(&run, PASSWORD);
+        assert_no_secret(&run, WRONG);
+    }
+}
+
 // ----- usage errors -----
 
 #[test]
