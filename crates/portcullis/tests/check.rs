@@ -597,6 +597,26 @@ fn fake_without_auth_is_not_a_submission_port() {
 }
 
 #[test]
+fn fake_without_starttls_keeps_the_password_back_in_auto_mode() {
+    let fake = FakeSmtp::start(
+        Script::new(Some("220 fake.example ESMTP"))
+            .on("EHLO", EHLO_AUTH)
+            .on("AUTH", "235 2.7.0 Authentication successful"),
+    );
+    let dir = TempDir::new().unwrap();
+    let port = fake.port.to_string();
+    let mut args = vec!["127.0.0.1", "--port", &port, "--timeout", "2s"];
+    args.extend_from_slice(AUTH_ARGS);
+    let out = check(&dir, &args, Some(PASSWORD));
+    fails_with(&out, "starttls_not_offered", &["--tls none", "465"]);
+    let lines = fake.lines.lock().unwrap().clone();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("AUTH")),
+        "no AUTH without TLS: {lines:?}"
+    );
+}
+
+#[test]
 fn fake_538_means_use_tls() {
     let fake = FakeSmtp::start(
         Script::new(Some("220 fake.example ESMTP"))
