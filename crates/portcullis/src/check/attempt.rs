@@ -493,6 +493,13 @@ impl<'a> Runner<'a> {
             };
             return self.fail(step, reply.summary(), Some(reply), failure);
         }
+        if reply
+            .lines
+            .first()
+            .is_some_and(|l| l.contains("Portcullis"))
+        {
+            self.attempt.server.portcullis = true;
+        }
         let keywords = ehlo_keywords(&reply);
         let mechs = auth_mechanisms(&keywords);
         let auth = if mechs.is_empty() {
