@@ -7,6 +7,7 @@ mod alias;
 mod app_password;
 mod audit;
 mod ban;
+mod check;
 mod common;
 mod config;
 mod domain;
@@ -56,6 +57,8 @@ enum Command {
     Queue(queue::QueueArgs),
     /// Validate or print the configuration.
     Config(config::ConfigArgs),
+    /// Test an SMTP server (ours or any) and explain every failure in plain words.
+    Check(check::CheckArgs),
 }
 
 #[tokio::main]
@@ -93,5 +96,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => usage::run(args, &config).await,
         Command::Queue(args) => queue::run(args, &config).await,
         Command::Config(args) => config::run(args, &cli.global, &config),
+        Command::Check(args) => check::run(args).await,
     }
 }

@@ -8,6 +8,9 @@ use std::process::{Command, Output, Stdio};
 
 use tempfile::TempDir;
 
+pub mod fake_smtp;
+pub mod server;
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
