@@ -948,3 +948,44 @@ async fn non_ascii_addresses_need_smtputf8_at_the_peer() {
     assert!(dsn[0].contains("Status: 5.6.7"), "{}", dsn[0]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_is_a_timeout_and_a_deferral() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    // Accepts the connection and says nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let store = fx.store_dyn();
+    inject(
+        &*store,
+        fx.data_dir(),
+        "Q1",
+        ALICE,
+        &["u@remote.test"],
+        "x",
+        now_s(),
+    )
+    .await;
+    let mut config = delivery_config(&fx, dns.addr(), port);
+    config.delivery.command_timeout = Duration::from_secs(1);
+    let server = Running::start(config, store.clone()).await;
+    let q1 = wait_for(&*store, "Q1", "deferred", settled).await;
+    assert_eq!(q1.recipients[0].status, DeliveryStatus::Deferred);
+    assert!(
+        q1.recipients[0]
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .contains("timeout"),
+        "{q1:?}"
+    );
+    server.stop().await;
+    holder.abort();
+}

@@ -70,6 +70,8 @@ pub struct QueueManager {
     relay_verify: Option<Arc<rustls::ClientConfig>>,
     relay_auth: Option<(String, Arc<Zeroizing<String>>)>,
     wake: Arc<Notify>,
+    /// `max_connections`: outbound sessions at once, over all destinations.
+    global: Arc<Semaphore>,
     per_destination: Mutex<HashMap<Route, Arc<Semaphore>>>,
 }
 
@@ -102,6 +104,7 @@ impl QueueManager {
         wake: Arc<Notify>,
     ) -> Result<QueueManager, DeliveryError> {
         let d = &config.delivery;
+        let max_connections = d.max_connections;
         let resolver = MxResolver::new(&d.dns_servers).map_err(DeliveryError::Resolver)?;
         let opportunistic =
             client::opportunistic_tls().map_err(|e| DeliveryError::Tls(e.to_string()))?;
@@ -147,6 +150,7 @@ impl QueueManager {
             relay_verify,
             relay_auth,
             wake,
+            global: Arc::new(Semaphore::new(max_connections)),
             per_destination: Mutex::new(HashMap::new()),
         })
     }
@@ -238,8 +242,12 @@ impl QueueManager {
                     let me = Arc::clone(&self);
                     let route = route.clone();
                     let sem = Arc::clone(&sem);
+                    let global = Arc::clone(&self.global);
                     tasks.spawn(async move {
                         let Ok(_permit) = sem.acquire_owned().await else {
+                            return;
+                        };
+                        let Ok(_global) = global.acquire_owned().await else {
                             return;
                         };
                         me.deliver_group(route, bucket).await;
