@@ -134,6 +134,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
     DROP INDEX IF EXISTS usage_events_by_time;
     "#,
+    // issue 6: SCRAM-SHA-256 keys (RFC 5802: salt, iterations, StoredKey,
+    // ServerKey) for the main password and each app password, and the
+    // sealed CRAM-MD5 secret of app passwords that opted in. Existing
+    // credentials get SCRAM keys when their password is next set.
+    r#"
+    ALTER TABLE accounts ADD COLUMN scram_salt BLOB;
+    ALTER TABLE accounts ADD COLUMN scram_iterations INTEGER;
+    ALTER TABLE accounts ADD COLUMN scram_stored_key BLOB;
+    ALTER TABLE accounts ADD COLUMN scram_server_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_salt BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_iterations INTEGER;
+    ALTER TABLE app_passwords ADD COLUMN scram_stored_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_server_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN cram_secret BLOB;
+    "#,
 ];
 
 /// The schema version this build creates and understands.
