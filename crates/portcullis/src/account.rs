@@ -201,6 +201,13 @@ async fn add(
         .add_account(&address, &hash, plan)
         .await
         .map_err(|e| store_error("account", e))?;
+    portcullis_server::security::saslkeys::set_main_password_keys(
+        store,
+        &account.address,
+        &password,
+    )
+    .await
+    .map_err(|e| store_error("account", e))?;
 
     if !domain_was_local {
         println!("Added {domain} as a local domain");
@@ -293,6 +300,13 @@ async fn passwd(store: &SqliteStore, config: &Config, email: &str) -> anyhow::Re
         .set_password_hash(&account.address, &hash)
         .await
         .map_err(|e| store_error("account", e))?;
+    portcullis_server::security::saslkeys::set_main_password_keys(
+        store,
+        &account.address,
+        &password,
+    )
+    .await
+    .map_err(|e| store_error("account", e))?;
     println!("Password changed for {}", account.address);
     Ok(())
 }

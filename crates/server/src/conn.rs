@@ -66,6 +66,15 @@ pub(crate) fn session_config(shared: &Shared, listener: &ListenerConfig) -> Sess
         max_errors: listener.max_errors,
         max_auth_failures: shared.max_auth_failures,
         starttls: true,
+        // Issue 6: only what can work on this server (tokens need an issuer,
+        // CRAM-MD5 needs the secret key).
+        mechanisms: listener
+            .mechanisms
+            .iter()
+            .copied()
+            .filter(|m| !m.is_bearer() || shared.auth.tokens_enabled())
+            .filter(|m| *m != portcullis_proto::Mechanism::CramMd5 || shared.auth.cram_enabled())
+            .collect(),
     }
 }
 
@@ -140,6 +149,7 @@ pub(crate) async fn serve(
     sid: String,
 ) {
     let mut session = Session::new(session_config(&shared, &listener), tls_info.is_some());
+    session.seed_nonces(rand::random());
     let mut driver = Driver {
         deadline: Instant::now() + listener.session_timeout,
         shared,
@@ -216,6 +226,13 @@ impl Driver {
                         session.set_account_limits(plan.max_recipients, plan.max_message_size);
                     }
                     session.auth_result(outcome);
+                }
+                Action::LookupSecrets {
+                    mechanism,
+                    username,
+                } => {
+                    let secrets = self.shared.auth.sasl_secrets(mechanism, &username).await;
+                    session.secrets_result(secrets);
                 }
                 Action::ReserveQuota { user } => {
                     let (outcome, grant) = self

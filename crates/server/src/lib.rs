@@ -7,7 +7,9 @@
 pub mod auth;
 pub mod config;
 mod conn;
+pub mod oauth;
 pub mod quota;
+pub mod secretbox;
 pub mod security;
 mod server;
 pub mod spool;

@@ -57,6 +57,12 @@ pub enum ServerError {
     Usage(portcullis_store::StoreError),
     #[error("cannot load bans from the store: {0}")]
     Bans(portcullis_store::StoreError),
+    /// Issue 6: a JWKS file or the built-in token key could not be loaded.
+    #[error("OAuth: {0}")]
+    OAuth(#[from] crate::oauth::OAuthSetupError),
+    /// Issue 6: CRAM-MD5 is enabled but the secret key cannot be loaded.
+    #[error("secret key: {0}")]
+    SecretKey(#[from] crate::secretbox::SecretKeyError),
 }
 
 pub(crate) fn proto_role(role: ListenerRole) -> Role {
@@ -121,7 +127,16 @@ impl Server {
         let throttle = &config.throttle;
         let (audit, _audit_task) =
             AuditLog::start(Arc::clone(&store), Some(config.mail_log_path()));
-        let auth = AuthService::new(Arc::clone(&store), &config.security, audit);
+        let auth = AuthService::new(Arc::clone(&store), &config.security, audit)
+            .with_tokens(
+                crate::oauth::TokenValidator::new(
+                    &config.oauth,
+                    &config.data_dir,
+                    &config.hostname,
+                )?
+                .map(Arc::new),
+            )
+            .with_secret_box(crate::secretbox::SecretBox::load_if_needed(&config)?);
         let bans = auth.load_bans().await.map_err(ServerError::Bans)?;
         if bans > 0 {
             tracing::info!(bans, "active bans loaded");

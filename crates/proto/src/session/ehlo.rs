@@ -28,8 +28,9 @@ impl Session {
             if self.starttls_offered() {
                 ext.push("STARTTLS".to_owned());
             }
-            if self.auth_offered() && self.auth_user.is_none() {
-                ext.push("AUTH PLAIN LOGIN".to_owned());
+            if self.auth_offered() && self.auth_user.is_none() && !self.cfg.mechanisms.is_empty() {
+                let names: Vec<&str> = self.cfg.mechanisms.iter().map(|m| m.name()).collect();
+                ext.push(format!("AUTH {}", names.join(" ")));
             }
             Reply::ehlo(&self.cfg.hostname, &name, &ext)
         } else {

@@ -13,6 +13,7 @@ mod ehlo;
 mod envelope;
 mod input;
 mod quota;
+mod sasl_mechs;
 
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,8 @@ use crate::address::{ForwardPath, Mailbox, ReversePath};
 use crate::command::{Command, MailParams, parse_command};
 use crate::data::BodyDecoder;
 use crate::reply::Reply;
-use crate::sasl::Credentials;
+use crate::sasl::scram::{ClientFirst, ScramKeys};
+use crate::sasl::{CredentialRef, Credentials, Mechanism, Secret};
 
 /// Which listener the session serves; decides what is offered and required.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,9 @@ pub struct SessionConfig {
     pub max_auth_failures: u32,
     /// Whether STARTTLS can be offered (a certificate is loaded).
     pub starttls: bool,
+    /// SASL mechanisms offered after TLS, in EHLO order (issue 6); others
+    /// get `504 5.5.4`.
+    pub mechanisms: Vec<Mechanism>,
 }
 
 /// RFC 4954 4: the longest SASL response line we accept (12288 + CRLF).
@@ -73,6 +78,13 @@ pub enum Action {
     StartTls,
     /// Check these credentials, then call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// A challenge-response mechanism (SCRAM-SHA-256, CRAM-MD5) needs the
+    /// stored keys of `username`: call [`Session::secrets_result`]. Unknown
+    /// users must get plausible fake keys (same shape), not an error.
+    LookupSecrets {
+        mechanism: Mechanism,
+        username: String,
+    },
     /// Look up this recipient, then call [`Session::recipient_result`].
     CheckRecipient(Mailbox),
     /// Open a spool file for this envelope; message bytes follow.
@@ -109,6 +121,23 @@ pub enum AuthOutcome {
     Failed,
     /// A 2FA account used its main password (534 5.7.9).
     AppPasswordRequired,
+    /// The store is unavailable (454 4.7.0).
+    TemporaryFailure,
+}
+
+/// Result of `Action::LookupSecrets`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaslSecrets {
+    /// SCRAM: the salt and iteration count to send, and every credential of
+    /// the account whose keys were derived with them (none for an unknown
+    /// user: the exchange then fails at the proof, as for a wrong password).
+    Scram {
+        salt: Vec<u8>,
+        iterations: u32,
+        candidates: Vec<(CredentialRef, ScramKeys)>,
+    },
+    /// CRAM-MD5: the shared secrets of the credentials that allow it.
+    Cram(Vec<(CredentialRef, Secret)>),
     /// The store is unavailable (454 4.7.0).
     TemporaryFailure,
 }
@@ -213,7 +242,56 @@ struct Transaction {
 enum SaslStep {
     PlainResponse,
     LoginUsername,
-    LoginPassword { username: String },
+    LoginPassword {
+        username: String,
+    },
+    /// SCRAM: waiting for the client-first-message (no initial response).
+    ScramFirst,
+    /// SCRAM: server-first sent, waiting for the client-final-message.
+    ScramFinal(Box<ScramExchange>),
+    /// CRAM-MD5: challenge sent, waiting for `user digest`.
+    CramResponse {
+        challenge: String,
+    },
+    /// XOAUTH2 / OAUTHBEARER without an initial response.
+    BearerResponse(Mechanism),
+    /// A server-final message with data was sent on success; the client
+    /// answers with an empty response, then 235 (RFC 4954 4).
+    SuccessAck {
+        user: String,
+    },
+    /// Failure data was sent in a 334 (SCRAM `e=`, RFC 7628 JSON error); the
+    /// client answers with a dummy response, then this reply.
+    FailureAck(Reply),
+}
+
+/// The state of one SCRAM exchange between server-first and client-final.
+#[derive(Debug)]
+struct ScramExchange {
+    first: ClientFirst,
+    server_first: String,
+    server_nonce: String,
+    candidates: Vec<(CredentialRef, ScramKeys)>,
+}
+
+/// What the session does with the auth service's verdict for the
+/// mechanism in progress.
+#[derive(Debug, Default)]
+struct SaslAfter {
+    /// Sent in a 334 before 235 (SCRAM server signature).
+    on_success: Option<String>,
+    /// Sent in a 334 before the failure reply (SCRAM `e=`, OAuth JSON).
+    on_failure: Option<String>,
+}
+
+/// A lookup in flight for a challenge-response mechanism.
+#[derive(Debug)]
+enum PendingSecrets {
+    Scram(ClientFirst),
+    Cram {
+        challenge: String,
+        response: crate::sasl::cram::CramResponse,
+    },
 }
 
 #[derive(Debug)]
@@ -228,6 +306,7 @@ enum BdatSink {
 enum Awaiting {
     Tls,
     Auth,
+    Secrets(Box<PendingSecrets>),
     Recipient(Mailbox),
     Quota(ForwardPath),
     Sender(Box<(ReversePath, MailParams)>),
@@ -267,6 +346,10 @@ pub struct Session {
     /// Per-account overrides from the sending plan (tighter wins).
     account_max_recipients: Option<usize>,
     account_max_message_size: Option<u64>,
+    /// Entropy for SCRAM nonces and CRAM-MD5 challenges (from the driver).
+    nonce_seed: Option<[u8; 32]>,
+    nonce_counter: u64,
+    sasl_after: SaslAfter,
 }
 
 impl Session {
@@ -286,7 +369,17 @@ impl Session {
             auth_failures: 0,
             account_max_recipients: None,
             account_max_message_size: None,
+            nonce_seed: None,
+            nonce_counter: 0,
+            sasl_after: SaslAfter::default(),
         }
+    }
+
+    /// Gives the session 32 random bytes from which it derives SCRAM server
+    /// nonces and CRAM-MD5 challenges. Without it those mechanisms answer
+    /// `454 4.7.0` (fail safe rather than use a guessable nonce).
+    pub fn seed_nonces(&mut self, seed: [u8; 32]) {
+        self.nonce_seed = Some(seed);
     }
 
     /// The 220 greeting the driver sends first.

@@ -1,0 +1,269 @@
+//! Issue 6 on the wire, with independent clients: SCRAM-SHA-256 through
+//! Python `scramp` + `smtplib`, CRAM-MD5 through `smtplib`; per-listener
+//! mechanism lists and the audit trail (reason and mechanism name).
+//!
+//! Needs `python3` with `scramp` (`.ci/run` installs it). Every process and
+//! socket is bounded by a timeout; servers are stopped at the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use portcullis_proto::Mechanism;
+use portcullis_server::config::{Config, ListenerRole};
+use portcullis_server::secretbox::SecretBox;
+use portcullis_server::security::{apppass, saslkeys, totp};
+use portcullis_store::{AuthEvent, AuthEventFilter, Store};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_client.py");
+
+/// Runs the Python client; returns its one-line verdict.
+async fn python(mech: &str, addr: SocketAddr, user: &str, secret: &str) -> String {
+    let child = tokio::process::Command::new("python3")
+        .arg(SCRIPT)
+        .args([mech, "127.0.0.1", &addr.port().to_string(), user, secret])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), child)
+        .await
+        .expect("python client timed out")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "python client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn last_event(store: &dyn Store, user: &str, n: usize) -> AuthEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let filter = AuthEventFilter {
+            user: Some(user.to_owned()),
+            ..AuthEventFilter::default()
+        };
+        let events = store.auth_events(&filter).await.unwrap();
+        if events.len() >= n {
+            return events[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} events for {user}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn add_app(store: &dyn Store, account: &str, name: &str, cram: Option<&SecretBox>) -> String {
+    let (secret, digest) = apppass::generate_app_password();
+    store
+        .add_app_password(account, name, &digest, None, &[])
+        .await
+        .unwrap();
+    saslkeys::set_app_password_keys(store, account, name, &secret, cram)
+        .await
+        .unwrap();
+    secret
+}
+
+fn have_scramp() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import scramp"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test]
+async fn scramp_logs_in_and_every_failure_is_audited() {
+    assert!(have_scramp(), "python3 -m pip install scramp (see .ci/run)");
+    let fixture = Fixture::new().await;
+    let store = fixture.store_dyn();
+    saslkeys::set_main_password_keys(store.as_ref(), ALICE, ALICE_PASSWORD)
+        .await
+        .unwrap();
+    saslkeys::set_main_password_keys(store.as_ref(), BOB, BOB_PASSWORD)
+        .await
+        .unwrap();
+    let bob_app = add_app(store.as_ref(), BOB, "laptop", None).await;
+    let running = Running::start(fixture.config(), Arc::clone(&store)).await;
+    let addr = running.submissions;
+
+    // The main password, with the server signature checked by scramp.
+    assert_eq!(
+        python("SCRAM-SHA-256", addr, ALICE, ALICE_PASSWORD).await,
+        "ok"
+    );
+    let ev = last_event(store.as_ref(), ALICE, 1).await;
+    assert_eq!(
+        (
+            ev.mechanism.as_str(),
+            ev.reason.as_str(),
+            ev.credential.as_deref()
+        ),
+        ("SCRAM-SHA-256", "ok", Some("password"))
+    );
+    // A wrong password: e=invalid-proof in the server-final, then 535.
+    let r = python("SCRAM-SHA-256", addr, ALICE, "wrong password").await;
+    assert!(r.starts_with("fail 535") && r.contains("invalid"), "{r}");
+    let ev = last_event(store.as_ref(), ALICE, 2).await;
+    assert_eq!((ev.reason.as_str(), ev.success), ("bad_password", false));
+
+    // An app password (keys derived with the account's salt).
+    assert_eq!(python("SCRAM-SHA-256", addr, BOB, &bob_app).await, "ok");
+    let ev = last_event(store.as_ref(), BOB, 1).await;
+    assert_eq!(ev.credential.as_deref(), Some("app:laptop"));
+    assert_eq!(python("SCRAM-SHA-256", addr, BOB, BOB_PASSWORD).await, "ok");
+
+    // 2FA: the main password gets 534 5.7.9 like PLAIN; the app password works.
+    let secret = totp::generate_secret();
+    store.set_totp_secret(BOB, Some(&secret)).await.unwrap();
+    assert!(
+        python("SCRAM-SHA-256", addr, BOB, BOB_PASSWORD)
+            .await
+            .starts_with("fail 534")
+    );
+    assert_eq!(python("SCRAM-SHA-256", addr, BOB, &bob_app).await, "ok");
+
+    // Unknown user and an account whose password predates SCRAM keys.
+    let r = python("SCRAM-SHA-256", addr, "nobody@example.com", "x").await;
+    assert!(r.starts_with("fail 535"), "{r}");
+    let ev = last_event(store.as_ref(), "nobody@example.com", 1).await;
+    assert_eq!(ev.reason, "unknown_user");
+    store
+        .add_account(
+            "dave@example.com",
+            &store
+                .credential(ALICE)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash,
+            "standard",
+        )
+        .await
+        .unwrap();
+    let r = python("SCRAM-SHA-256", addr, "dave@example.com", ALICE_PASSWORD).await;
+    assert!(r.starts_with("fail 535"), "{r}");
+    let ev = last_event(store.as_ref(), "dave@example.com", 1).await;
+    assert_eq!(ev.reason, "no_scram_keys");
+    // Disabled account with keys: refused after the proof.
+    saslkeys::set_main_password_keys(store.as_ref(), CAROL, CAROL_PASSWORD)
+        .await
+        .unwrap();
+    assert!(
+        python("SCRAM-SHA-256", addr, CAROL, CAROL_PASSWORD)
+            .await
+            .starts_with("fail 535")
+    );
+    assert_eq!(
+        last_event(store.as_ref(), CAROL, 1).await.reason,
+        "disabled"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn listener_mechanism_lists_limit_ehlo_and_auth() {
+    let fixture = Fixture::new().await;
+    let mut config = fixture.config();
+    config
+        .listeners
+        .get_mut(ListenerRole::Submissions)
+        .mechanisms = vec![Mechanism::ScramSha256, Mechanism::Plain];
+    let running = Running::start(config, fixture.store_dyn()).await;
+    let tls = client_config_trusting(&running.cert_path);
+
+    let mut c = connect_tls(running.submissions, Arc::clone(&tls)).await;
+    let ehlo = c.command("EHLO client.example", "250").await;
+    assert!(
+        ehlo.iter().any(|l| l == "250 AUTH SCRAM-SHA-256 PLAIN"),
+        "{ehlo:?}"
+    );
+    c.command("AUTH LOGIN", "504 5.5.4").await;
+    c.command("AUTH CRAM-MD5", "504 5.5.4").await;
+    c.command("AUTH XOAUTH2", "504 5.5.4").await;
+
+    // The default list on port 587, before and after STARTTLS.
+    let mut c = connect(running.submission).await;
+    let ehlo = c.command("EHLO client.example", "250").await;
+    assert!(
+        !ehlo.iter().any(|l| l.contains("AUTH")),
+        "nothing before TLS: {ehlo:?}"
+    );
+    c.command("AUTH SCRAM-SHA-256", "538 5.7.11").await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn cram_md5_with_smtplib_only_for_opted_in_app_passwords() {
+    let fixture = Fixture::new().await;
+    let key = [42u8; 32];
+    let key_file = fixture.data_dir().join("secret.key");
+    std::fs::write(&key_file, key).unwrap();
+    let sealer = SecretBox::from_key(&key);
+    let store = fixture.store_dyn();
+    let legacy = add_app(store.as_ref(), ALICE, "legacy", Some(&sealer)).await;
+    let modern = add_app(store.as_ref(), ALICE, "modern", None).await;
+    let mut config: Config = fixture.config();
+    config.secret_key_file = Some(key_file);
+    config
+        .listeners
+        .get_mut(ListenerRole::Submissions)
+        .mechanisms = vec![Mechanism::CramMd5];
+    config.validate().unwrap();
+    let running = Running::start(config, Arc::clone(&store)).await;
+    let addr = running.submissions;
+
+    assert_eq!(python("CRAM-MD5", addr, ALICE, &legacy).await, "ok");
+    let ev = last_event(store.as_ref(), ALICE, 1).await;
+    assert_eq!(
+        (ev.mechanism.as_str(), ev.credential.as_deref()),
+        ("CRAM-MD5", Some("app:legacy"))
+    );
+    assert_eq!(python("CRAM-MD5", addr, ALICE, &modern).await, "fail 535");
+    assert_eq!(
+        python("CRAM-MD5", addr, ALICE, ALICE_PASSWORD).await,
+        "fail 535"
+    );
+    assert_eq!(
+        last_event(store.as_ref(), ALICE, 3).await.reason,
+        "bad_password"
+    );
+    assert_eq!(
+        python("CRAM-MD5", addr, BOB, BOB_PASSWORD).await,
+        "fail 535"
+    );
+    assert_eq!(
+        last_event(store.as_ref(), BOB, 1).await.reason,
+        "no_cram_secret"
+    );
+    running.stop().await;
+}
+
+#[test]
+fn cram_md5_without_a_secret_key_is_a_config_error() {
+    // SAFETY of the test: PORTCULLIS_SECRET_KEY is not set in CI's environment.
+    if std::env::var_os("PORTCULLIS_SECRET_KEY").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .listeners
+        .get_mut(ListenerRole::Submission)
+        .mechanisms = vec![Mechanism::CramMd5];
+    let e = config.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("listeners.submission.mechanisms")
+            && e.contains("secret_key_file")
+            && e.contains("PORTCULLIS_SECRET_KEY"),
+        "{e}"
+    );
+}
