@@ -13,6 +13,7 @@ mod logging;
 mod plan;
 mod queue;
 mod serve;
+mod token;
 mod usage;
 
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ enum Command {
     Queue(queue::QueueArgs),
     /// Validate or print the configuration.
     Config(config::ConfigArgs),
+    /// Mint bearer tokens for AUTH XOAUTH2 / OAUTHBEARER (built-in issuer).
+    Token(token::TokenArgs),
 }
 
 #[tokio::main]
@@ -89,5 +92,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => usage::run(args, &config).await,
         Command::Queue(args) => queue::run(args, &config).await,
         Command::Config(args) => config::run(args, &cli.global, &config),
+        Command::Token(args) => token::run(args, &config).await,
     }
 }

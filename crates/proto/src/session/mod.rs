@@ -63,6 +63,11 @@ pub struct SessionConfig {
 /// RFC 4954 4: the longest SASL response line we accept (12288 + CRLF).
 const MAX_SASL_LINE: usize = 12290;
 
+/// Whether a command line is `AUTH <mechanism> <initial response>`.
+fn is_auth_command(line: &[u8]) -> bool {
+    line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
+}
+
 /// Something the driver must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -439,7 +444,18 @@ impl Session {
                 self.state = State::Closed;
                 Some(Action::SendAndClose(Reply::internal_error()))
             }
-            State::Command => match self.input.next_line(self.cfg.max_command_line) {
+            // RFC 4954 4: an AUTH command with an initial response (a bearer
+            // token, say) may be as long as a SASL response line.
+            State::Command => match self
+                .input
+                .next_line(self.cfg.max_command_line.max(MAX_SASL_LINE))
+            {
+                input::LineEvent::Line(line)
+                    if line.len() + 2 > self.cfg.max_command_line && !is_auth_command(&line) =>
+                {
+                    self.reply(Reply::line_too_long());
+                    None
+                }
                 input::LineEvent::Line(line) => {
                     self.handle_command_line(&line);
                     None
