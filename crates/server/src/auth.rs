@@ -328,6 +328,11 @@ impl AuthService {
         };
 
         let success = checked.reason == AuthReason::Ok;
+        // OAUTHBEARER may name no user: the audit names the token's account.
+        let user = match &checked.outcome {
+            AuthOutcome::Success { user: account } if user.is_empty() => account.clone(),
+            _ => user,
+        };
         tracing::info!(
             target: "portcullis::auth",
             event = "auth",

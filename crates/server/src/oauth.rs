@@ -79,8 +79,10 @@ pub struct ValidToken {
     pub issuer: String,
 }
 
-/// Minimum time between two reloads of an issuer's keys on an unknown `kid`.
+/// Minimum time between two reloads of a fresh key set on an unknown `kid`.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Minimum time between two attempts to load keys that are missing or stale.
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// Keys fetched from a URL are re-fetched after this long.
 const URL_TTL: Duration = Duration::from_secs(3600);
 
@@ -94,6 +96,7 @@ struct KeyCache {
     set: JwkSet,
     loaded: Option<Instant>,
     last_attempt: Option<Instant>,
+    last_kid_refresh: Option<Instant>,
 }
 
 struct Issuer {
@@ -155,6 +158,7 @@ impl TokenValidator {
                     set: key.jwks(),
                     loaded: Some(Instant::now()),
                     last_attempt: None,
+                    last_kid_refresh: None,
                 }),
             });
         }
@@ -178,6 +182,7 @@ impl TokenValidator {
                     set,
                     loaded,
                     last_attempt: None,
+                    last_kid_refresh: None,
                 }),
             });
         }
@@ -282,10 +287,19 @@ impl Issuer {
         if !found.is_empty() && !stale {
             return Ok(found);
         }
-        let may_reload = cache
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL)
-            || (stale && cache.loaded.is_none());
+        // A missing or stale key set is (re)loaded, retrying a failed load
+        // at most every RETRY_INTERVAL; an unknown kid in a fresh set
+        // triggers at most one refresh per REFRESH_INTERVAL, so tokens with
+        // made-up kids cannot make us hammer the IdP.
+        let elapsed = |t: Option<Instant>, d: Duration| t.is_none_or(|t| t.elapsed() >= d);
+        let may_reload = if cache.loaded.is_none() || stale {
+            elapsed(cache.last_attempt, RETRY_INTERVAL)
+        } else {
+            elapsed(cache.last_kid_refresh, REFRESH_INTERVAL)
+        };
+        if may_reload && !(cache.loaded.is_none() || stale) {
+            cache.last_kid_refresh = Some(Instant::now());
+        }
         if may_reload {
             cache.last_attempt = Some(Instant::now());
             let reloaded = match &self.source {

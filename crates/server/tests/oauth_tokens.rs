@@ -414,3 +414,149 @@ async fn curl_sends_with_oauth2_bearer() {
     assert_eq!(out.status.code(), Some(67), "curl: login denied");
     s.running.stop().await;
 }
+
+/// A one-route HTTP server for JWKS documents: serves what `doc` holds and
+/// counts requests. Stops with the test's runtime.
+async fn jwks_server(
+    doc: Arc<std::sync::Mutex<String>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let doc = Arc::clone(&doc);
+            let hits = Arc::clone(&hits);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(IO_TIMEOUT, sock.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = doc.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn jwks_url_is_fetched_cached_and_refreshed_on_unknown_kid() {
+    let keys = make_keys();
+    let first = json!({"keys": [keys.jwks["keys"][0].clone()]});
+    let doc = Arc::new(std::sync::Mutex::new(first.to_string()));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let http = jwks_server(Arc::clone(&doc), Arc::clone(&hits)).await;
+    // A port with nothing listening: that IdP is down.
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down_addr = down.local_addr().unwrap();
+    drop(down);
+
+    let fixture = Fixture::new().await;
+    let mut config = fixture.config();
+    config.security.bruteforce.delay = Duration::from_millis(5);
+    config.oauth.builtin_issuer = false;
+    for (issuer, addr) in [(ISSUER, http), ("https://down.test/", down_addr)] {
+        config.oauth.issuers.push(IssuerConfig {
+            issuer: issuer.to_owned(),
+            audience: AUDIENCE.to_owned(),
+            algorithms: vec![JwtAlgorithm::Es256, JwtAlgorithm::EdDsa],
+            keys: JwksSource::Url(format!("http://{addr}/jwks.json")),
+            claim: "email".to_owned(),
+        });
+    }
+    config.validate().unwrap();
+    let running = Running::start(config, fixture.store_dyn()).await;
+    let store = fixture.store_dyn();
+    let tls = client_config_trusting(&running.cert_path);
+    let login = |line: String, expect: &'static str| {
+        let tls = Arc::clone(&tls);
+        let addr = running.submissions;
+        async move {
+            let mut c = connect_tls(addr, tls).await;
+            c.command("EHLO client.example", "250").await;
+            c.send(&line).await;
+            let r = c.reply().await;
+            if r[0].starts_with("334 ") {
+                c.command("AQ==", "535 5.7.8").await;
+            }
+            assert!(
+                r[0].starts_with(expect),
+                "{line}: expected {expect}, got {r:?}"
+            );
+            r
+        }
+    };
+    let hits_now = || hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(hits_now(), 0, "fetched on first use, not at startup");
+
+    login(
+        oauthbearer(ALICE, &es256(&keys, &claims(ALICE))),
+        "235 2.7.0",
+    )
+    .await;
+    assert_eq!(hits_now(), 1);
+    login(
+        oauthbearer(ALICE, &es256(&keys, &claims(ALICE))),
+        "235 2.7.0",
+    )
+    .await;
+    assert_eq!(hits_now(), 1, "cached");
+
+    // Key rotation: the IdP now also publishes the Ed25519 key.
+    *doc.lock().unwrap() = keys.jwks.to_string();
+    let ed = sign(
+        Algorithm::EdDSA,
+        "ed1",
+        &EncodingKey::from_ed_der(&keys.ed),
+        &claims(BOB),
+    );
+    login(oauthbearer(BOB, &ed), "235 2.7.0").await;
+    assert_eq!(hits_now(), 2, "refreshed on an unknown kid");
+    // Another unknown kid right away: no new fetch (at most one per 30 s).
+    let unknown = sign(
+        Algorithm::ES256,
+        "zzz",
+        &EncodingKey::from_ec_der(&keys.ec),
+        &claims(ALICE),
+    );
+    login(oauthbearer(ALICE, &unknown), "334 ").await;
+    assert_eq!(hits_now(), 2);
+    assert_eq!(
+        last_event(store.as_ref(), ALICE, 3).await.reason,
+        "token_unknown_kid"
+    );
+    // An algorithm the issuer does not allow (RS256 here).
+    let rsa = sign(
+        Algorithm::RS256,
+        "rsa1",
+        &EncodingKey::from_rsa_der(&keys.rsa),
+        &claims(ALICE),
+    );
+    login(oauthbearer(ALICE, &rsa), "334 ").await;
+    assert_eq!(
+        last_event(store.as_ref(), ALICE, 4).await.reason,
+        "token_alg_refused"
+    );
+
+    // The other IdP is unreachable: 454 4.7.0, reason idp_unavailable.
+    let mut down_claims = claims(BOB);
+    down_claims["iss"] = json!("https://down.test/");
+    login(oauthbearer(BOB, &es256(&keys, &down_claims)), "454 4.7.0").await;
+    assert_eq!(
+        last_event(store.as_ref(), BOB, 2).await.reason,
+        "idp_unavailable"
+    );
+    running.stop().await;
+}
