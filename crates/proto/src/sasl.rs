@@ -19,6 +19,8 @@ pub enum Mechanism {
     Plain,
     Login,
     ScramSha256,
+    /// With `tls-exporter` channel binding (RFC 9266); TLS 1.3 only.
+    ScramSha256Plus,
     CramMd5,
     XOAuth2,
     OAuthBearer,
@@ -26,7 +28,8 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// Every mechanism, in the order EHLO lists them.
-    pub const ALL: [Mechanism; 6] = [
+    pub const ALL: [Mechanism; 7] = [
+        Mechanism::ScramSha256Plus,
         Mechanism::ScramSha256,
         Mechanism::Plain,
         Mechanism::Login,
@@ -57,6 +60,7 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
             Mechanism::CramMd5 => "CRAM-MD5",
             Mechanism::XOAuth2 => "XOAUTH2",
             Mechanism::OAuthBearer => "OAUTHBEARER",
@@ -66,7 +70,14 @@ impl Mechanism {
     /// Whether the client sends something an eavesdropper could reuse
     /// (a password or a bearer token): never offered without TLS.
     pub fn sends_reusable_secret(self) -> bool {
-        !matches!(self, Mechanism::ScramSha256 | Mechanism::CramMd5)
+        !matches!(
+            self,
+            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus | Mechanism::CramMd5
+        )
+    }
+
+    pub fn is_scram(self) -> bool {
+        matches!(self, Mechanism::ScramSha256 | Mechanism::ScramSha256Plus)
     }
 
     pub fn is_bearer(self) -> bool {

@@ -32,9 +32,21 @@ fn challenge_of(reply: &str) -> Vec<u8> {
 /// Runs a SCRAM exchange as a client would; returns the replies to the
 /// client-final message and, on success, to the empty acknowledgement.
 fn scram_login(d: &mut Driver, user: &str, password: &str) -> (Vec<String>, Option<String>) {
+    scram_login_with(d, "SCRAM-SHA-256", "n,,", b"", user, password)
+}
+
+/// A SCRAM exchange with this GS2 header and channel-binding data.
+fn scram_login_with(
+    d: &mut Driver,
+    mech: &str,
+    gs2: &str,
+    cb_data: &[u8],
+    user: &str,
+    password: &str,
+) -> (Vec<String>, Option<String>) {
     let first_bare = format!("n={user},r=clientnonce123");
-    let first = format!("n,,{first_bare}");
-    let r = d.push(format!("AUTH SCRAM-SHA-256 {}\r\n", b64(first.as_bytes())).as_bytes());
+    let first = format!("{gs2}{first_bare}");
+    let r = d.push(format!("AUTH {mech} {}\r\n", b64(first.as_bytes())).as_bytes());
     assert_eq!(r.len(), 1, "{r:?}");
     let server_first = String::from_utf8(challenge_of(&r[0])).unwrap();
     let mut fields = server_first.split(',');
@@ -49,7 +61,9 @@ fn scram_login(d: &mut Driver, user: &str, password: &str) -> (Vec<String>, Opti
         .decode(fields.next().unwrap().strip_prefix("s=").unwrap())
         .unwrap();
     let iterations: u32 = fields.next().unwrap()[2..].parse().unwrap();
-    let without_proof = format!("c=biws,r={nonce}");
+    let mut cb = gs2.as_bytes().to_vec();
+    cb.extend_from_slice(cb_data);
+    let without_proof = format!("c={},r={nonce}", STANDARD.encode(&cb));
     let am = scram::auth_message(&first_bare, &server_first, &without_proof);
     let ck = scram::client_keys(password.as_bytes(), &salt, iterations);
     let proof = scram::client_proof(&ck, &am);
@@ -293,4 +307,67 @@ fn failures_after_the_dance_count_towards_the_budget() {
     d.push(format!("AUTH OAUTHBEARER {}\r\n", oauthbearer(ALICE, "bad")).as_bytes());
     assert_eq!(d.say("AQ=="), ["535 5.7.8", "421 4.7.0"]);
     assert!(d.closed);
+}
+
+#[test]
+fn scram_plus_with_tls_exporter_channel_binding() {
+    let mut cfg = config(Role::Submissions);
+    cfg.mechanisms = vec![Mechanism::ScramSha256Plus, Mechanism::ScramSha256];
+    let mut d = Driver::new(cfg.clone(), true);
+    // Without channel-binding data, -PLUS is neither offered nor accepted.
+    let r = d.push(b"EHLO c\r\n");
+    assert!(r[0].contains("250 AUTH SCRAM-SHA-256\r\n"), "{r:?}");
+    assert_eq!(d.say("AUTH SCRAM-SHA-256-PLUS"), ["504 5.5.4"]);
+    // "y" is fine when -PLUS is not offered.
+    let (_, fin) = scram_login_with(&mut d, "SCRAM-SHA-256", "y,,", b"", ALICE, ALICE_PASSWORD);
+    assert!(fin.unwrap().starts_with("v="));
+    assert_eq!(d.say(""), ["235 2.7.0"]);
+
+    let exporter = [9u8; 32];
+    let mut d = Driver::new(cfg, true);
+    d.session.set_channel_binding(Some(exporter.to_vec()));
+    let r = d.push(b"EHLO c\r\n");
+    assert!(
+        r[0].contains("250 AUTH SCRAM-SHA-256-PLUS SCRAM-SHA-256\r\n"),
+        "{r:?}"
+    );
+    // Downgrade: the client supports binding, thinks we do not, but we do.
+    let first = b64(format!("y,,n={ALICE},r=abc").as_bytes());
+    assert_eq!(d.say(&format!("AUTH SCRAM-SHA-256 {first}")), ["501 5.5.2"]);
+    // -PLUS needs p=tls-exporter.
+    let first = b64(format!("p=tls-unique,,n={ALICE},r=abc").as_bytes());
+    assert_eq!(
+        d.say(&format!("AUTH SCRAM-SHA-256-PLUS {first}")),
+        ["501 5.5.2"]
+    );
+    let first = b64(format!("n,,n={ALICE},r=abc").as_bytes());
+    assert_eq!(
+        d.say(&format!("AUTH SCRAM-SHA-256-PLUS {first}")),
+        ["501 5.5.2"]
+    );
+    // Data from another TLS connection (a man in the middle): refused.
+    let (_, fin) = scram_login_with(
+        &mut d,
+        "SCRAM-SHA-256-PLUS",
+        "p=tls-exporter,,",
+        &[8u8; 32],
+        ALICE,
+        ALICE_PASSWORD,
+    );
+    assert_eq!(fin.as_deref(), Some("e=channel-bindings-dont-match"));
+    assert_eq!(d.say(""), ["501 5.5.2"]);
+    let (_, fin) = scram_login_with(
+        &mut d,
+        "SCRAM-SHA-256-PLUS",
+        "p=tls-exporter,,",
+        &exporter,
+        ALICE,
+        ALICE_PASSWORD,
+    );
+    assert!(fin.unwrap().starts_with("v="));
+    assert_eq!(d.say(""), ["235 2.7.0"]);
+    assert_eq!(
+        d.credentials.last().unwrap().mechanism,
+        Mechanism::ScramSha256Plus
+    );
 }

@@ -78,6 +78,19 @@ pub(crate) fn session_config(shared: &Shared, listener: &ListenerConfig) -> Sess
     }
 }
 
+/// RFC 9266 `tls-exporter` channel binding for SCRAM-SHA-256-PLUS: 32 bytes
+/// exported with label "EXPORTER-Channel-Binding" and no context. Only for
+/// TLS 1.3 (with TLS 1.2 it is safe only with extended master secret, which
+/// we cannot check here), else `None` and PLUS is not offered.
+pub(crate) fn tls_exporter(conn: &rustls::ServerConnection) -> Option<Vec<u8>> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .ok()
+        .map(|k| k.to_vec())
+}
+
 /// Describes the negotiated TLS parameters, for logs and the Received header.
 pub(crate) fn tls_description(conn: &rustls::ServerConnection) -> String {
     let version = conn
@@ -104,6 +117,8 @@ struct Driver {
     reserved: Option<(String, Vec<i64>)>,
     /// The session id of the logs and the auth audit.
     sid: String,
+    /// `tls-exporter` data of the STARTTLS handshake, for the session.
+    channel_binding: Option<Vec<u8>>,
     /// The sending plan read at the first RCPT of the current transaction.
     tx_plan: Option<(String, crate::config::Plan)>,
     /// The header block of the current message, kept only when the header
@@ -143,6 +158,7 @@ const HEADER_CAPTURE: usize = 256 * 1024;
 pub(crate) async fn serve(
     io: Box<dyn Io>,
     tls_info: Option<String>,
+    channel_binding: Option<Vec<u8>>,
     shared: Arc<Shared>,
     listener: Arc<ListenerConfig>,
     peer: SocketAddr,
@@ -150,6 +166,7 @@ pub(crate) async fn serve(
 ) {
     let mut session = Session::new(session_config(&shared, &listener), tls_info.is_some());
     session.seed_nonces(rand::random());
+    session.set_channel_binding(channel_binding);
     let mut driver = Driver {
         deadline: Instant::now() + listener.session_timeout,
         shared,
@@ -163,6 +180,7 @@ pub(crate) async fn serve(
         tx_plan: None,
         sid,
         headers: None,
+        channel_binding: None,
     };
     session.greeting().write_to(&mut driver.out);
     let end = driver.run(&mut session).await;
@@ -205,6 +223,7 @@ impl Driver {
                         return end;
                     }
                     session.tls_started();
+                    session.set_channel_binding(self.channel_binding.take());
                 }
                 Action::Authenticate(creds) => {
                     let ctx = AuthContext {
@@ -461,6 +480,7 @@ impl Driver {
                 let info = tls_description(stream.get_ref().1);
                 tracing::debug!(tls = %info, "STARTTLS complete");
                 self.tls_info = Some(info);
+                self.channel_binding = tls_exporter(stream.get_ref().1);
                 self.io = Some(Box::new(stream));
                 Ok(())
             }

@@ -201,6 +201,7 @@ impl Server {
         conn::serve(
             Box::new(io),
             tls_info,
+            None,
             Arc::clone(&self.shared),
             Arc::clone(cfg),
             peer,
@@ -377,13 +378,14 @@ async fn connection(
             match timeout(cfg.idle_timeout, shared.tls.acceptor().accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let info = conn::tls_description(tls.get_ref().1);
-                    conn::serve(Box::new(tls), Some(info), shared, cfg, peer, sid).await;
+                    let binding = conn::tls_exporter(tls.get_ref().1);
+                    conn::serve(Box::new(tls), Some(info), binding, shared, cfg, peer, sid).await;
                 }
                 Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::info!("TLS handshake timed out"),
             }
         } else {
-            conn::serve(Box::new(stream), None, shared, cfg, peer, sid).await;
+            conn::serve(Box::new(stream), None, None, shared, cfg, peer, sid).await;
         }
         drop(permit);
         drop(slot);

@@ -267,3 +267,100 @@ fn cram_md5_without_a_secret_key_is_a_config_error() {
         "{e}"
     );
 }
+
+/// A SCRAM-SHA-256-PLUS exchange with our own client code: the
+/// `tls-exporter` value comes from the client's side of the TLS connection.
+async fn scram_plus<S>(
+    c: &mut LineClient<tokio_rustls::client::TlsStream<S>>,
+    user: &str,
+    password: &str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use portcullis_proto::sasl::scram;
+    let mut exporter = [0u8; 32];
+    c.get_ref()
+        .get_ref()
+        .1
+        .export_keying_material(&mut exporter, b"EXPORTER-Channel-Binding", None)
+        .unwrap();
+    let gs2 = "p=tls-exporter,,";
+    let bare = format!("n={user},r=rustclientnonce");
+    let r = c
+        .command(
+            &format!(
+                "AUTH SCRAM-SHA-256-PLUS {}",
+                STANDARD.encode(format!("{gs2}{bare}"))
+            ),
+            "334 ",
+        )
+        .await;
+    let server_first = String::from_utf8(STANDARD.decode(&r[0][4..]).unwrap()).unwrap();
+    let mut fields = server_first.split(',');
+    let nonce = &fields.next().unwrap()[2..];
+    let salt = STANDARD.decode(&fields.next().unwrap()[2..]).unwrap();
+    let iterations: u32 = fields.next().unwrap()[2..].parse().unwrap();
+    let mut cb = gs2.as_bytes().to_vec();
+    cb.extend_from_slice(&exporter);
+    let without_proof = format!("c={},r={nonce}", STANDARD.encode(&cb));
+    let am = scram::auth_message(&bare, &server_first, &without_proof);
+    let proof = scram::client_proof(
+        &scram::client_keys(password.as_bytes(), &salt, iterations),
+        &am,
+    );
+    let fin = format!("{without_proof},p={}", STANDARD.encode(proof));
+    let r = c.command(&STANDARD.encode(fin), "334 ").await;
+    let server_final = String::from_utf8(STANDARD.decode(&r[0][4..]).unwrap()).unwrap();
+    let expected = scram::server_final(
+        &scram::derive_keys(password.as_bytes(), &salt, iterations),
+        &am,
+    );
+    assert_eq!(server_final, expected, "server signature");
+    c.command("", "235 2.7.0").await;
+}
+
+#[tokio::test]
+async fn scram_plus_binds_to_the_tls_connection_on_465_and_587() {
+    let fixture = Fixture::new().await;
+    let store = fixture.store_dyn();
+    saslkeys::set_main_password_keys(store.as_ref(), ALICE, ALICE_PASSWORD)
+        .await
+        .unwrap();
+    let mut config = fixture.config();
+    for role in [ListenerRole::Submission, ListenerRole::Submissions] {
+        config.listeners.get_mut(role).mechanisms =
+            vec![Mechanism::ScramSha256Plus, Mechanism::ScramSha256];
+    }
+    let running = Running::start(config, Arc::clone(&store)).await;
+    let tls = client_config_trusting(&running.cert_path);
+
+    let mut c = connect_tls(running.submissions, Arc::clone(&tls)).await;
+    let ehlo = c.command("EHLO client.example", "250").await;
+    assert_eq!(
+        ehlo.last().unwrap(),
+        "250 AUTH SCRAM-SHA-256-PLUS SCRAM-SHA-256"
+    );
+    scram_plus(&mut c, ALICE, ALICE_PASSWORD).await;
+    let ev = last_event(store.as_ref(), ALICE, 1).await;
+    assert_eq!(
+        (ev.mechanism.as_str(), ev.reason.as_str()),
+        ("SCRAM-SHA-256-PLUS", "ok")
+    );
+
+    let mut c = connect(running.submission).await;
+    c.command("EHLO client.example", "250").await;
+    c.command("STARTTLS", "220").await;
+    let stream = tls_handshake(c.into_inner(), Arc::clone(&tls))
+        .await
+        .unwrap();
+    let mut c = LineClient::new(stream);
+    let ehlo = c.command("EHLO client.example", "250").await;
+    assert_eq!(
+        ehlo.last().unwrap(),
+        "250 AUTH SCRAM-SHA-256-PLUS SCRAM-SHA-256"
+    );
+    scram_plus(&mut c, ALICE, ALICE_PASSWORD).await;
+    running.stop().await;
+}

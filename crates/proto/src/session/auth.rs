@@ -30,7 +30,8 @@ impl Session {
                 "AUTH not allowed during a mail transaction",
             ));
         }
-        let Some(mech) = Mechanism::parse(mechanism).filter(|m| self.cfg.mechanisms.contains(m))
+        let Some(mech) =
+            Mechanism::parse(mechanism).filter(|m| self.offered_mechanisms().any(|o| o == *m))
         else {
             return self.reply(Reply::unknown_mechanism());
         };
@@ -42,8 +43,14 @@ impl Session {
             }
             (Mechanism::Plain, Some(ir)) => self.continue_sasl(SaslStep::PlainResponse, &ir),
             (Mechanism::Login, Some(ir)) => self.continue_sasl(SaslStep::LoginUsername, &ir),
-            (Mechanism::ScramSha256, None) => self.challenge("", SaslStep::ScramFirst),
-            (Mechanism::ScramSha256, Some(ir)) => self.continue_sasl(SaslStep::ScramFirst, &ir),
+            (m @ (Mechanism::ScramSha256 | Mechanism::ScramSha256Plus), None) => {
+                let plus = m == Mechanism::ScramSha256Plus;
+                self.challenge("", SaslStep::ScramFirst { plus })
+            }
+            (m @ (Mechanism::ScramSha256 | Mechanism::ScramSha256Plus), Some(ir)) => {
+                let plus = m == Mechanism::ScramSha256Plus;
+                self.continue_sasl(SaslStep::ScramFirst { plus }, &ir)
+            }
             // RFC 2195: the server speaks first; no initial response.
             (Mechanism::CramMd5, Some(_)) => self.sasl_error(SaslError::Malformed),
             (Mechanism::CramMd5, None) => self.start_cram(),
@@ -110,7 +117,7 @@ impl Session {
                 }),
                 Err(e) => self.sasl_error(e),
             },
-            SaslStep::ScramFirst => self.scram_client_first(&decoded),
+            SaslStep::ScramFirst { plus } => self.scram_client_first(&decoded, plus),
             SaslStep::ScramFinal(exchange) => self.scram_client_final(*exchange, &decoded),
             SaslStep::CramResponse { challenge } => self.cram_response(challenge, &decoded),
             SaslStep::BearerResponse(mech) => self.bearer_response(mech, &decoded),

@@ -250,8 +250,11 @@ enum SaslStep {
     LoginPassword {
         username: String,
     },
-    /// SCRAM: waiting for the client-first-message (no initial response).
-    ScramFirst,
+    /// SCRAM: waiting for the client-first-message (no initial response);
+    /// `plus` for SCRAM-SHA-256-PLUS.
+    ScramFirst {
+        plus: bool,
+    },
     /// SCRAM: server-first sent, waiting for the client-final-message.
     ScramFinal(Box<ScramExchange>),
     /// CRAM-MD5: challenge sent, waiting for `user digest`.
@@ -273,6 +276,7 @@ enum SaslStep {
 /// The state of one SCRAM exchange between server-first and client-final.
 #[derive(Debug)]
 struct ScramExchange {
+    plus: bool,
     first: ClientFirst,
     server_first: String,
     server_nonce: String,
@@ -292,7 +296,10 @@ struct SaslAfter {
 /// A lookup in flight for a challenge-response mechanism.
 #[derive(Debug)]
 enum PendingSecrets {
-    Scram(ClientFirst),
+    Scram {
+        first: ClientFirst,
+        plus: bool,
+    },
     Cram {
         challenge: String,
         response: crate::sasl::cram::CramResponse,
@@ -355,6 +362,8 @@ pub struct Session {
     nonce_seed: Option<[u8; 32]>,
     nonce_counter: u64,
     sasl_after: SaslAfter,
+    /// RFC 9266 `tls-exporter` data of this connection's TLS (TLS 1.3).
+    channel_binding: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -377,7 +386,15 @@ impl Session {
             nonce_seed: None,
             nonce_counter: 0,
             sasl_after: SaslAfter::default(),
+            channel_binding: None,
         }
+    }
+
+    /// The `tls-exporter` channel binding of the TLS connection (call after
+    /// `tls_started`, or at the start for implicit TLS). Enables
+    /// SCRAM-SHA-256-PLUS when it is in the mechanism list.
+    pub fn set_channel_binding(&mut self, data: Option<Vec<u8>>) {
+        self.channel_binding = data;
     }
 
     /// Gives the session 32 random bytes from which it derives SCRAM server
@@ -581,6 +598,7 @@ impl Session {
     /// RFC 3207 4.2: forget everything learned before TLS.
     pub fn tls_started(&mut self) {
         self.tls = true;
+        self.channel_binding = None;
         self.helo = None;
         self.auth_user = None;
         self.account_max_recipients = None;

@@ -27,14 +27,25 @@ impl Session {
         Some(STANDARD.encode(&out[..18]))
     }
 
-    pub(super) fn scram_client_first(&mut self, message: &[u8]) {
+    pub(super) fn scram_client_first(&mut self, message: &[u8], plus: bool) {
         let first = match scram::parse_client_first(message) {
             Ok(f) => f,
             Err(e) => return self.sasl_error(e),
         };
-        // We offer no SCRAM-SHA-256-PLUS: a client that requires channel
-        // binding (p=) cannot be served. "y" is fine: we do not support it.
-        if matches!(first.binding, ChannelBinding::Required(_)) {
+        // RFC 5802 6 / RFC 9266: -PLUS needs p=tls-exporter; plain SCRAM
+        // takes n, or y when we do not offer -PLUS here (a "y" while we do
+        // offer it means a downgrade: refused).
+        let plus_offered = self
+            .offered_mechanisms()
+            .any(|m| m == Mechanism::ScramSha256Plus);
+        let acceptable = match (&first.binding, plus) {
+            (ChannelBinding::Required(name), true) => name == "tls-exporter",
+            (_, true) => false,
+            (ChannelBinding::None, false) => true,
+            (ChannelBinding::ClientOnly, false) => !plus_offered,
+            (ChannelBinding::Required(_), false) => false,
+        };
+        if !acceptable {
             return self.sasl_error(SaslError::Malformed);
         }
         if self.nonce_seed.is_none() {
@@ -44,7 +55,10 @@ impl Session {
             mechanism: Mechanism::ScramSha256,
             username: first.username.clone(),
         });
-        self.state = State::Await(Awaiting::Secrets(Box::new(PendingSecrets::Scram(first))));
+        self.state = State::Await(Awaiting::Secrets(Box::new(PendingSecrets::Scram {
+            first,
+            plus,
+        })));
     }
 
     /// Result of `Action::LookupSecrets`.
@@ -59,7 +73,7 @@ impl Session {
         };
         match (*pending, secrets) {
             (
-                PendingSecrets::Scram(first),
+                PendingSecrets::Scram { first, plus },
                 SaslSecrets::Scram {
                     salt,
                     iterations,
@@ -73,6 +87,7 @@ impl Session {
                     scram::server_first(&first.client_nonce, &server_nonce, &salt, iterations);
                 let challenge = STANDARD.encode(&server_first);
                 let exchange = ScramExchange {
+                    plus,
                     first,
                     server_first,
                     server_nonce,
@@ -116,8 +131,17 @@ impl Session {
             let e = STANDARD.encode("e=other-error");
             return self.challenge(&e, SaslStep::FailureAck(Reply::malformed_sasl()));
         }
-        // Without channel binding, c= is the GS2 header itself.
-        if fin.channel_binding != exchange.first.gs2_header.as_bytes() {
+        // c= is the GS2 header, followed by the tls-exporter data for -PLUS.
+        let mut expected = exchange.first.gs2_header.as_bytes().to_vec();
+        if exchange.plus {
+            match &self.channel_binding {
+                Some(data) => expected.extend_from_slice(data),
+                None => return self.reply(Reply::auth_temp_failure()),
+            }
+        }
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(&fin.channel_binding[..], &expected[..]).into();
+        if !matches {
             let e = STANDARD.encode("e=channel-bindings-dont-match");
             return self.challenge(&e, SaslStep::FailureAck(Reply::malformed_sasl()));
         }
@@ -135,7 +159,11 @@ impl Session {
             matched.map(|(_, keys)| STANDARD.encode(scram::server_final(keys, &auth_message)));
         let first = exchange.first;
         self.authenticate(Credentials {
-            mechanism: Mechanism::ScramSha256,
+            mechanism: if exchange.plus {
+                Mechanism::ScramSha256Plus
+            } else {
+                Mechanism::ScramSha256
+            },
             authzid: first.authzid,
             username: first.username,
             password: Secret::new(STANDARD.encode(fin.proof)),

@@ -119,7 +119,7 @@ impl AuthService {
     /// Why a challenge-response matched no credential of an existing account.
     pub(super) async fn no_match_reason(&self, mechanism: Mechanism, account: &str) -> AuthReason {
         match mechanism {
-            Mechanism::ScramSha256 => match self.store.scram_keys(account).await {
+            m if m.is_scram() => match self.store.scram_keys(account).await {
                 Ok(k) if k.is_empty() => AuthReason::NoScramKeys,
                 _ => AuthReason::BadPassword,
             },
