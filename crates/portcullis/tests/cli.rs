@@ -88,6 +88,11 @@ fn account_lifecycle() {
         "never print the hash: {}",
         show.stdout
     );
+    assert!(
+        show.stdout.contains("password ready for SCRAM-SHA-256"),
+        "issue 6: account add stores SCRAM keys: {}",
+        show.stdout
+    );
 
     let out = run_stdin(
         &dir,
