@@ -24,8 +24,9 @@ use crate::address::{ForwardPath, Mailbox, ReversePath};
 use crate::command::{Command, MailParams, parse_command};
 use crate::data::BodyDecoder;
 use crate::reply::Reply;
-use crate::sasl::scram::{ClientFirst, ScramKeys};
+use crate::sasl::scram::ScramKeys;
 use crate::sasl::{CredentialRef, Credentials, Mechanism, Secret};
+use sasl_mechs::{PendingSecrets, SaslAfter, SaslStep};
 
 /// Which listener the session serves; decides what is offered and required.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,69 +242,6 @@ struct Transaction {
     message_started: bool,
     /// Plan reservations made for this transaction (released on reset).
     quota_reserved: usize,
-}
-
-#[derive(Debug)]
-enum SaslStep {
-    PlainResponse,
-    LoginUsername,
-    LoginPassword {
-        username: String,
-    },
-    /// SCRAM: waiting for the client-first-message (no initial response);
-    /// `plus` for SCRAM-SHA-256-PLUS.
-    ScramFirst {
-        plus: bool,
-    },
-    /// SCRAM: server-first sent, waiting for the client-final-message.
-    ScramFinal(Box<ScramExchange>),
-    /// CRAM-MD5: challenge sent, waiting for `user digest`.
-    CramResponse {
-        challenge: String,
-    },
-    /// XOAUTH2 / OAUTHBEARER without an initial response.
-    BearerResponse(Mechanism),
-    /// A server-final message with data was sent on success; the client
-    /// answers with an empty response, then 235 (RFC 4954 4).
-    SuccessAck {
-        user: String,
-    },
-    /// Failure data was sent in a 334 (SCRAM `e=`, RFC 7628 JSON error); the
-    /// client answers with a dummy response, then this reply.
-    FailureAck(Reply),
-}
-
-/// The state of one SCRAM exchange between server-first and client-final.
-#[derive(Debug)]
-struct ScramExchange {
-    plus: bool,
-    first: ClientFirst,
-    server_first: String,
-    server_nonce: String,
-    candidates: Vec<(CredentialRef, ScramKeys)>,
-}
-
-/// What the session does with the auth service's verdict for the
-/// mechanism in progress.
-#[derive(Debug, Default)]
-struct SaslAfter {
-    /// Sent in a 334 before 235 (SCRAM server signature).
-    on_success: Option<String>,
-    /// Sent in a 334 before the failure reply (SCRAM `e=`, OAuth JSON).
-    on_failure: Option<String>,
-}
-
-/// A lookup in flight for a challenge-response mechanism.
-#[derive(Debug)]
-enum PendingSecrets {
-    Scram {
-        first: ClientFirst,
-        plus: bool,
-    },
-    Cram {
-        challenge: String,
-        response: crate::sasl::cram::CramResponse,
-    },
 }
 
 #[derive(Debug)]

@@ -8,12 +8,75 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{
-    Action, Awaiting, PendingSecrets, SaslSecrets, SaslStep, ScramExchange, Session, State,
-};
+use super::{Action, Awaiting, SaslSecrets, Session, State};
 use crate::reply::Reply;
-use crate::sasl::scram::{self, ChannelBinding};
-use crate::sasl::{Credentials, Mechanism, SaslError, Secret, Verification, cram, oauth};
+use crate::sasl::scram::{self, ChannelBinding, ClientFirst, ScramKeys};
+use crate::sasl::{
+    CredentialRef, Credentials, Mechanism, SaslError, Secret, Verification, cram, oauth,
+};
+
+#[derive(Debug)]
+pub(super) enum SaslStep {
+    PlainResponse,
+    LoginUsername,
+    LoginPassword {
+        username: String,
+    },
+    /// SCRAM: waiting for the client-first-message (no initial response);
+    /// `plus` for SCRAM-SHA-256-PLUS.
+    ScramFirst {
+        plus: bool,
+    },
+    /// SCRAM: server-first sent, waiting for the client-final-message.
+    ScramFinal(Box<ScramExchange>),
+    /// CRAM-MD5: challenge sent, waiting for `user digest`.
+    CramResponse {
+        challenge: String,
+    },
+    /// XOAUTH2 / OAUTHBEARER without an initial response.
+    BearerResponse(Mechanism),
+    /// A server-final message with data was sent on success; the client
+    /// answers with an empty response, then 235 (RFC 4954 4).
+    SuccessAck {
+        user: String,
+    },
+    /// Failure data was sent in a 334 (SCRAM `e=`, RFC 7628 JSON error); the
+    /// client answers with a dummy response, then this reply.
+    FailureAck(Reply),
+}
+
+/// The state of one SCRAM exchange between server-first and client-final.
+#[derive(Debug)]
+pub(super) struct ScramExchange {
+    pub(super) plus: bool,
+    pub(super) first: ClientFirst,
+    pub(super) server_first: String,
+    pub(super) server_nonce: String,
+    pub(super) candidates: Vec<(CredentialRef, ScramKeys)>,
+}
+
+/// What the session does with the auth service's verdict for the
+/// mechanism in progress.
+#[derive(Debug, Default)]
+pub(super) struct SaslAfter {
+    /// Sent in a 334 before 235 (SCRAM server signature).
+    pub(super) on_success: Option<String>,
+    /// Sent in a 334 before the failure reply (SCRAM `e=`, OAuth JSON).
+    pub(super) on_failure: Option<String>,
+}
+
+/// A lookup in flight for a challenge-response mechanism.
+#[derive(Debug)]
+pub(super) enum PendingSecrets {
+    Scram {
+        first: ClientFirst,
+        plus: bool,
+    },
+    Cram {
+        challenge: String,
+        response: crate::sasl::cram::CramResponse,
+    },
+}
 
 impl Session {
     /// A fresh nonce: 144 bits from HMAC-SHA-256(seed, counter), base64
