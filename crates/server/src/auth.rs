@@ -27,6 +27,8 @@ use crate::security::bruteforce::{self, BruteForce, Budget};
 mod policy;
 mod sasl;
 
+pub use sasl::{FAKE_SALT_KEY_FILE, load_fake_salt_key};
+
 use policy::Account;
 
 /// Why an attempt failed (audit log only; stable strings for fail2ban and

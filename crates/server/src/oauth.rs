@@ -8,7 +8,7 @@
 //! `[oauth] leeway`. The account is the issuer's `claim` (default `email`).
 //! Never logs a token.
 
-mod builtin;
+pub(crate) mod builtin;
 mod fetch;
 
 use std::path::Path;

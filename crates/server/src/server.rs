@@ -137,6 +137,13 @@ impl Server {
                 .map(Arc::new),
             )
             .with_secret_box(crate::secretbox::SecretBox::load_if_needed(&config)?);
+        let auth = match crate::auth::load_fake_salt_key(&config.data_dir) {
+            Ok(key) => auth.with_fake_salt_key(key),
+            Err(e) => {
+                tracing::warn!(error = %e, "no persistent SCRAM fake-salt key; using a per-process one");
+                auth
+            }
+        };
         let bans = auth.load_bans().await.map_err(ServerError::Bans)?;
         if bans > 0 {
             tracing::info!(bans, "active bans loaded");

@@ -364,3 +364,40 @@ async fn scram_plus_binds_to_the_tls_connection_on_465_and_587() {
     scram_plus(&mut c, ALICE, ALICE_PASSWORD).await;
     running.stop().await;
 }
+
+/// The salt SCRAM sends for `user` (the exchange is then cancelled).
+async fn scram_salt_of(running: &Running, user: &str) -> String {
+    use base64::Engine;
+    let tls = client_config_trusting(&running.cert_path);
+    let mut c = connect_tls(running.submissions, tls).await;
+    c.command("EHLO client.example", "250").await;
+    let first = base64::engine::general_purpose::STANDARD.encode(format!("n,,n={user},r=abc"));
+    let r = c
+        .command(&format!("AUTH SCRAM-SHA-256 {first}"), "334 ")
+        .await;
+    c.command("*", "501 5.0.0").await;
+    let server_first = base64::engine::general_purpose::STANDARD
+        .decode(&r[0][4..])
+        .unwrap();
+    let text = String::from_utf8(server_first).unwrap();
+    text.split(',').nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn unknown_users_get_a_salt_that_survives_restarts() {
+    let fixture = Fixture::new().await;
+    let store = fixture.store_dyn();
+    saslkeys::set_main_password_keys(store.as_ref(), ALICE, ALICE_PASSWORD)
+        .await
+        .unwrap();
+    let running = Running::start(fixture.config(), Arc::clone(&store)).await;
+    let alice = scram_salt_of(&running, ALICE).await;
+    let ghost = scram_salt_of(&running, "ghost@example.com").await;
+    assert_ne!(alice, ghost);
+    assert_eq!(ghost, scram_salt_of(&running, "ghost@example.com").await);
+    running.stop().await;
+    let running = Running::start(fixture.config(), Arc::clone(&store)).await;
+    assert_eq!(alice, scram_salt_of(&running, ALICE).await);
+    assert_eq!(ghost, scram_salt_of(&running, "ghost@example.com").await);
+    running.stop().await;
+}

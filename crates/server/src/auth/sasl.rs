@@ -27,6 +27,13 @@ fn to_proto_keys(c: &ScramCredential) -> Option<ScramKeys> {
 }
 
 impl AuthService {
+    /// Uses the persistent key of the data dir for fake SCRAM salts (see
+    /// [`load_fake_salt_key`]), so they do not change across restarts.
+    pub fn with_fake_salt_key(mut self, key: [u8; 32]) -> AuthService {
+        self.fake_salt_key = key;
+        self
+    }
+
     /// Enables CRAM-MD5 (sealed secrets can be opened).
     pub fn with_secret_box(mut self, sealer: Option<SecretBox>) -> AuthService {
         self.sealer = sealer;
@@ -183,4 +190,32 @@ impl AuthService {
             credential: credential_name,
         }
     }
+}
+
+/// The file in the data dir that keys the fake SCRAM salts of unknown users.
+pub const FAKE_SALT_KEY_FILE: &str = "scram-fake-salt.key";
+
+/// Reads (or creates, mode 0600) the key of the fake SCRAM salts. A salt
+/// that changed across restarts for unknown users only would tell them
+/// apart from real accounts.
+pub fn load_fake_salt_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let path = data_dir.join(FAKE_SALT_KEY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            match crate::oauth::builtin::write_new(&path, &key) {
+                Ok(()) => key.to_vec(),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    bytes.try_into().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not 32 bytes", path.display()),
+        )
+    })
 }

@@ -49,7 +49,8 @@ fn setup_error(path: &Path, message: impl Into<String>) -> OAuthSetupError {
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` with `bytes`, mode 0600; fails if it exists.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
