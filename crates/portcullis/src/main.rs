@@ -15,6 +15,7 @@ mod logging;
 mod plan;
 mod queue;
 mod serve;
+mod token;
 mod usage;
 
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// Test an SMTP server (ours or any) and explain every failure in plain words.
     Check(check::CheckArgs),
+    /// Mint bearer tokens for AUTH XOAUTH2 / OAUTHBEARER (built-in issuer).
+    Token(token::TokenArgs),
 }
 
 #[tokio::main]
@@ -97,5 +100,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(args) => queue::run(args, &config).await,
         Command::Config(args) => config::run(args, &cli.global, &config),
         Command::Check(args) => check::run(args).await,
+        Command::Token(args) => token::run(args, &config).await,
     }
 }

@@ -18,8 +18,7 @@ use portcullis_store::{SqliteStore, Store, StoreError};
 use suite::*;
 use tempfile::TempDir;
 
-/// The schema version this build creates.
-const SCHEMA_VERSION: i64 = 5;
+use portcullis_store::SCHEMA_VERSION;
 
 // ---------------------------------------------------------------------------
 // SQLite
@@ -39,6 +38,12 @@ async fn fresh() -> (TempDir, Arc<dyn Store>) {
 async fn sqlite_accounts() {
     let (_dir, store) = fresh().await;
     suite_accounts(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_scram_and_cram_keys() {
+    let (_dir, store) = fresh().await;
+    suite_scram_and_cram_keys(store).await;
 }
 
 #[tokio::test]

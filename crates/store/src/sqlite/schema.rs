@@ -175,6 +175,20 @@ const MIGRATIONS: &[&str] = &[
         target      TEXT NOT NULL,
         created_at  INTEGER NOT NULL
     );
+    // issue 6: SCRAM-SHA-256 keys (RFC 5802: salt, iterations, StoredKey,
+    // ServerKey) for the main password and each app password, and the
+    // sealed CRAM-MD5 secret of app passwords that opted in. Existing
+    // credentials get SCRAM keys when their password is next set.
+    r#"
+    ALTER TABLE accounts ADD COLUMN scram_salt BLOB;
+    ALTER TABLE accounts ADD COLUMN scram_iterations INTEGER;
+    ALTER TABLE accounts ADD COLUMN scram_stored_key BLOB;
+    ALTER TABLE accounts ADD COLUMN scram_server_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_salt BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_iterations INTEGER;
+    ALTER TABLE app_passwords ADD COLUMN scram_stored_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_server_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN cram_secret BLOB;
     "#,
 ];
 
