@@ -175,7 +175,8 @@ const MIGRATIONS: &[&str] = &[
         target      TEXT NOT NULL,
         created_at  INTEGER NOT NULL
     );
-    // issue 6: SCRAM-SHA-256 keys (RFC 5802: salt, iterations, StoredKey,
+    "#,
+    // 6 (issue 6): SCRAM-SHA-256 keys (RFC 5802: salt, iterations, StoredKey,
     // ServerKey) for the main password and each app password, and the
     // sealed CRAM-MD5 secret of app passwords that opted in. Existing
     // credentials get SCRAM keys when their password is next set.
