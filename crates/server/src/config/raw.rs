@@ -37,6 +37,7 @@ pub(super) struct RawConfig {
     pub plans: BTreeMap<String, RawPlan>,
     #[serde(default)]
     pub delivery: super::delivery::RawDelivery,
+    #[serde(default)]
     pub oauth: super::auth::RawOAuth,
 }
 
