@@ -19,7 +19,7 @@ use suite::*;
 use tempfile::TempDir;
 
 /// The schema version this build creates.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 // ---------------------------------------------------------------------------
 // SQLite
@@ -319,6 +319,7 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
             "auth_events",
             "bans",
             "delivery_events",
+            "dkim_keys",
             "domains",
             "queue_messages",
             "queue_recipients",
@@ -627,4 +628,10 @@ async fn sqlite_upgrades_version_2() {
     );
     assert_eq!(store.list_bans(0).await.unwrap().len(), 1);
     assert_eq!(store.list_queue().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_dkim_keys() {
+    let (_dir, store) = fresh().await;
+    suite_dkim_keys(store).await;
 }

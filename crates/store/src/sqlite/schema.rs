@@ -176,6 +176,22 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL
     );
     "#,
+    // Sending domains (issue 7): DKIM key pairs. Each pair (Ed25519 + RSA)
+    // shares a tag; selectors are the tag plus 'e' or 'r'. The private key is
+    // the PKCS#8 DER (Ed25519) or PKCS#1 DER (RSA) document.
+    r#"
+    CREATE TABLE IF NOT EXISTS dkim_keys (
+        domain       TEXT NOT NULL REFERENCES domains (name) ON DELETE CASCADE,
+        selector     TEXT NOT NULL,
+        tag          TEXT NOT NULL,
+        algorithm    TEXT NOT NULL CHECK (algorithm IN ('ed25519', 'rsa')),
+        private_key  BLOB NOT NULL,
+        public_key   BLOB NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired')),
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (domain, selector)
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.
