@@ -9,6 +9,7 @@
 //! [`Config`], which it then validates again.
 
 mod delivery;
+mod mail_auth;
 mod raw;
 mod units;
 
@@ -26,6 +27,7 @@ use raw::{
 };
 
 pub use delivery::{DeliveryConfig, DestinationConfig, LocalTransport, RelayConfig, TlsPolicy};
+pub use mail_auth::{DomainsConfig, InboundConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// What every value of a `*_secret` key prints as in [`Config::to_toml_redacted`].
@@ -54,6 +56,10 @@ pub struct Config {
     pub plans: BTreeMap<String, Plan>,
     /// `[delivery]`: the queue manager and outbound SMTP.
     pub delivery: DeliveryConfig,
+    /// `[domains]`: sending domains (SPF addresses, MX).
+    pub domains: DomainsConfig,
+    /// `[inbound]`: SPF/DKIM/DMARC on the smtp listener.
+    pub inbound: InboundConfig,
 }
 
 /// A sending plan: the limits of every account on it.
@@ -483,6 +489,8 @@ impl Config {
             default_plan: DEFAULT_PLAN.to_owned(),
             plans: shipped_plans(),
             delivery: DeliveryConfig::defaults(),
+            domains: DomainsConfig::defaults(),
+            inbound: InboundConfig::defaults(),
         }
     }
 
@@ -684,6 +692,8 @@ impl Config {
             config.default_plan = name;
         }
         config.delivery = delivery::resolve(raw.delivery)?;
+        config.domains = mail_auth::resolve_domains(raw.domains)?;
+        config.inbound = mail_auth::resolve_inbound(raw.inbound);
         Ok(config)
     }
 
@@ -937,6 +947,8 @@ impl Config {
                 })
                 .collect(),
             delivery: delivery::to_raw(&self.delivery),
+            domains: mail_auth::domains_to_raw(&self.domains),
+            inbound: mail_auth::inbound_to_raw(&self.inbound),
         }
     }
 }

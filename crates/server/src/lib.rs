@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 mod conn;
 pub mod delivery;
+pub mod mail_auth;
 pub mod quota;
 pub mod security;
 mod server;

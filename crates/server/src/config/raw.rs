@@ -36,6 +36,10 @@ pub(super) struct RawConfig {
     pub plans: BTreeMap<String, RawPlan>,
     #[serde(default)]
     pub delivery: super::delivery::RawDelivery,
+    #[serde(default)]
+    pub domains: super::mail_auth::RawDomains,
+    #[serde(default)]
+    pub inbound: super::mail_auth::RawInbound,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

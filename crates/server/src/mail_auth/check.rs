@@ -1,0 +1,1 @@
+//! `portcullis domain check` (filled in below).
