@@ -52,6 +52,11 @@ fn spf_word(r: SpfResult) -> &'static str {
 fn dkim_word(r: &DkimResult) -> &'static str {
     match r {
         DkimResult::Pass => "pass",
+        // RFC 6376 6.1.3: a body hash mismatch is a failed signature
+        // (mail-auth reports it as neutral).
+        DkimResult::Neutral(mail_auth::Error::Dkim(
+            mail_auth::dkim::DkimError::FailedBodyHashMatch,
+        )) => "fail",
         DkimResult::Neutral(_) => "neutral",
         DkimResult::Fail(_) => "fail",
         DkimResult::PermError(_) => "permerror",
