@@ -348,6 +348,7 @@ async fn signatures_survive_delivery_and_the_receiver_verifies_them() {
         .unwrap();
     let mut peer_config = peer.config();
     peer_config.delivery.dns_servers = vec![dns.addr()];
+    peer_config.inbound.verify = true;
     let peer_server = Running::start(peer_config, peer.store_dyn()).await;
 
     let mut config = fx.config();
@@ -426,6 +427,7 @@ async fn inbound(enforce: bool) -> Inbound {
     let dns = TestDns::start(zone).await.unwrap();
     let mut config = fx.config();
     config.delivery.dns_servers = vec![dns.addr()];
+    config.inbound.verify = true;
     config.inbound.enforce_dmarc = enforce;
     let server = Running::start(config, fx.store_dyn()).await;
     Inbound {
