@@ -300,12 +300,24 @@ impl SpoolWriter {
         if headers.is_empty() || self.failed.is_some() {
             return;
         }
-        if let Err(e) = self.try_insert_headers(headers).await {
+        if let Err(e) = self.rewrite(headers, None).await {
             self.failed = Some(e);
         }
     }
 
-    async fn try_insert_headers(&mut self, headers: &[u8]) -> std::io::Result<()> {
+    /// Like [`SpoolWriter::insert_headers`], but the client's message is
+    /// replaced by `message` (inbound mail whose forged
+    /// Authentication-Results fields were renamed).
+    pub async fn replace_message(&mut self, headers: &[u8], message: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.rewrite(headers, Some(message)).await {
+            self.failed = Some(e);
+        }
+    }
+
+    async fn rewrite(&mut self, headers: &[u8], message: Option<&[u8]>) -> std::io::Result<()> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let Some(mut old) = self.file.take() else {
             return Err(std::io::Error::other("spool file is not open"));
@@ -320,8 +332,13 @@ impl SpoolWriter {
             src.read_exact(&mut received).await?;
             dst.write_all(&received).await?;
             dst.write_all(headers).await?;
-            src.seek(std::io::SeekFrom::Start(self.body_offset)).await?;
-            tokio::io::copy(&mut src, &mut dst).await?;
+            match message {
+                Some(m) => dst.write_all(m).await?,
+                None => {
+                    src.seek(std::io::SeekFrom::Start(self.body_offset)).await?;
+                    tokio::io::copy(&mut src, &mut dst).await?;
+                }
+            }
             tokio::fs::rename(&copy_path, &self.tmp_path).await?;
             Ok::<_, std::io::Error>(dst)
         }
@@ -329,7 +346,12 @@ impl SpoolWriter {
         match result {
             Ok(dst) => {
                 self.file = Some(dst);
-                self.size += headers.len() as u64;
+                self.size = self.body_offset
+                    + headers.len() as u64
+                    + match message {
+                        Some(m) => m.len() as u64,
+                        None => self.size - self.body_offset,
+                    };
                 Ok(())
             }
             Err(e) => {

@@ -442,17 +442,23 @@ impl Inbound {
     /// Sends from `from` to bob; returns the final reply and, when queued,
     /// the Authentication-Results field.
     async fn send(&self, from: &str, message: &str) -> (String, Option<String>) {
+        let (reply, ar, _) = self.send_full(from, message).await;
+        (reply, ar)
+    }
+
+    /// Like `send`, also returning the queued message.
+    async fn send_full(&self, from: &str, message: &str) -> (String, Option<String>, String) {
         let mut c = common::connect(self.server.smtp).await;
         let reply = transaction(&mut c, false, from, common::BOB, message).await;
         if !reply.starts_with("250") {
-            return (reply, None);
+            return (reply, None, String::new());
         }
         let id = reply.rsplit(' ').next().unwrap().to_owned();
         let body = spooled(&*self.fx.store_dyn(), self.fx.data_dir(), &id).await;
         let ar = fields(&body)
             .into_iter()
             .find(|h| h.starts_with("Authentication-Results: mx.test;"));
-        (reply, ar)
+        (reply, ar, body)
     }
 }
 
@@ -503,10 +509,24 @@ async fn inbound_pass_forged_none_and_dns_errors() {
     assert!(reply.starts_with("250"), "{reply}");
     assert_parts(&ar, &["dkim=fail header.d=pass.test header.s=pc202612e"]);
 
-    // No records at all.
-    let (reply, ar) = ib.send("x@none.test", &msg("x@none.test", "hi")).await;
+    // No records at all; a forged Authentication-Results claiming to be
+    // ours is renamed (RFC 8601 5).
+    let fake_ar = format!(
+        "Authentication-Results: mx.test; dkim=pass header.d=none.test\r\n{}",
+        msg("x@none.test", "hi")
+    );
+    let (reply, ar, body) = ib.send_full("x@none.test", &fake_ar).await;
     assert!(reply.starts_with("250"), "{reply}");
     assert_parts(&ar, &["spf=none", "dkim=none", "dmarc=none"]);
+    let ours: Vec<String> = fields(&body)
+        .into_iter()
+        .filter(|h| h.starts_with("Authentication-Results:"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{body}");
+    assert!(
+        body.contains("X-Forged-Authentication-Results: mx.test; dkim=pass"),
+        "{body}"
+    );
 
     // SERVFAIL: temperror, accepted, never a 5xx.
     let (reply, ar) = ib.send("x@broken.test", &msg("x@broken.test", "hi")).await;

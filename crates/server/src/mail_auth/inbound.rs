@@ -211,9 +211,63 @@ pub async fn verify(auth: &MessageAuthenticator, raw: &[u8], tx: &Transaction<'_
     }
 }
 
+/// RFC 8601 5: Authentication-Results fields that claim our authserv-id
+/// came from the sender and must be obscured. Returns the message with
+/// them renamed to `X-Forged-Authentication-Results`, or `None` when there
+/// are none.
+pub fn obscure_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u8>> {
+    const NAME: &[u8] = b"authentication-results:";
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    let mut changed = false;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let line = &rest[..end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        let ours = line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) && {
+            let value = String::from_utf8_lossy(&line[NAME.len()..]);
+            let id = value
+                .trim_start()
+                .split(|c: char| c == ';' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            id.eq_ignore_ascii_case(hostname)
+        };
+        if ours {
+            out.extend_from_slice(b"X-Forged-");
+            changed = true;
+        }
+        out.extend_from_slice(line);
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::pvalue;
+    use super::{obscure_forged_results, pvalue};
+
+    #[test]
+    fn only_our_results_in_the_header_block_are_renamed() {
+        let raw = b"Authentication-Results: MX.test; dkim=pass\r\n\
+Authentication-Results: other.example; spf=pass\r\n\
+Subject: x\r\n\r\nAuthentication-Results: mx.test; body\r\n";
+        let out = obscure_forged_results(raw, "mx.test").unwrap_or_default();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("X-Forged-Authentication-Results: MX.test; dkim=pass\r\n"));
+        assert!(text.contains("\r\nAuthentication-Results: other.example;"));
+        assert!(text.ends_with("\r\n\r\nAuthentication-Results: mx.test; body\r\n"));
+        assert_eq!(
+            obscure_forged_results(b"Subject: x\r\n\r\n", "mx.test"),
+            None
+        );
+    }
 
     #[test]
     fn pvalues_are_quoted_when_needed() {

@@ -133,6 +133,7 @@ pub(crate) async fn check_inbound(
         hostname: &config.hostname,
     };
     let verdict = inbound::verify(auth, &raw, &tx).await;
+    let obscured = inbound::obscure_forged_results(&raw, &config.hostname);
     drop(raw);
     let refuse = verdict.dmarc_reject && config.inbound.enforce_dmarc;
     tracing::info!(
@@ -151,7 +152,18 @@ pub(crate) async fn check_inbound(
     if refuse {
         return Err(EnqueueOutcome::Refused(Reply::dmarc_reject()));
     }
-    writer.insert_headers(verdict.header.as_bytes()).await;
+    match obscured {
+        Some(message) => {
+            tracing::info!(
+                queue_id = writer.id(),
+                "renamed Authentication-Results fields claiming to be ours (RFC 8601 5)"
+            );
+            writer
+                .replace_message(verdict.header.as_bytes(), &message)
+                .await;
+        }
+        None => writer.insert_headers(verdict.header.as_bytes()).await,
+    }
     Ok(())
 }
 
