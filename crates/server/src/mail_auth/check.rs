@@ -127,7 +127,7 @@ pub fn judge_dkim(record: &Record, key: &DkimKey, published: &[String]) -> Findi
             publish,
         };
     }
-    if keys.iter().any(|p| *p == expected) {
+    if keys.contains(&expected) {
         Finding {
             status: Status::Ok,
             what,

@@ -21,12 +21,12 @@ const TAG_PREFIX: &str = "pc";
 /// that month's tag is already used (`pc202612b`, `pc202612c`, ...).
 pub fn new_tag(now: time::OffsetDateTime, taken: &[String]) -> String {
     let base = format!("{TAG_PREFIX}{:04}{:02}", now.year(), u8::from(now.month()));
-    if !taken.iter().any(|t| *t == base) {
+    if !taken.contains(&base) {
         return base;
     }
     for letter in 'b'..='z' {
         let tag = format!("{base}{letter}");
-        if !taken.iter().any(|t| *t == tag) {
+        if !taken.contains(&tag) {
             return tag;
         }
     }
