@@ -12,6 +12,8 @@ pub mod password;
 mod sqlite;
 pub mod validate;
 
+/// The schema version this build creates (issue 6: tests read it here).
+pub use sqlite::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

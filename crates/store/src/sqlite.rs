@@ -14,6 +14,8 @@ mod domains;
 mod schema;
 mod security;
 
+pub use schema::SCHEMA_VERSION;
+
 use std::path::Path;
 use std::time::Duration;
 

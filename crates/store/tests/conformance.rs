@@ -18,8 +18,7 @@ use portcullis_store::{SqliteStore, Store, StoreError};
 use suite::*;
 use tempfile::TempDir;
 
-/// The schema version this build creates.
-const SCHEMA_VERSION: i64 = 6;
+use portcullis_store::SCHEMA_VERSION;
 
 // ---------------------------------------------------------------------------
 // SQLite
