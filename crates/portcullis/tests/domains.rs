@@ -14,6 +14,10 @@ use tempfile::TempDir;
 
 /// A data dir with a config naming our public address, hostname and DNS server.
 fn setup(dns: Option<std::net::SocketAddr>) -> (TempDir, String) {
+    setup_with(dns, "[domains]\npublic_ips = [\"192.0.2.10\"]\n")
+}
+
+fn setup_with(dns: Option<std::net::SocketAddr>, domains: &str) -> (TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("portcullis.toml");
     let dns_line = dns
@@ -21,10 +25,7 @@ fn setup(dns: Option<std::net::SocketAddr>) -> (TempDir, String) {
         .unwrap_or_default();
     std::fs::write(
         &config,
-        format!(
-            "hostname = \"mail.example.net\"\n\n[delivery]\n{dns_line}\n\
-             [domains]\npublic_ips = [\"192.0.2.10\"]\n"
-        ),
+        format!("hostname = \"mail.example.net\"\n\n[delivery]\n{dns_line}\n{domains}"),
     )
     .unwrap();
     let config = config.to_string_lossy().into_owned();
@@ -313,5 +314,41 @@ async fn check_passes_then_points_at_exactly_the_wrong_record() {
             .contains("1 DNS record(s) of example.com need attention"),
         "{}",
         bad.stderr
+    );
+}
+
+/// Without `public_ips`, SPF names the hostname, and the check follows its
+/// address records to their PTR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_without_public_ips_uses_the_hostname_addresses() {
+    let dns = TestDns::start(Zone::new()).await.unwrap();
+    let (dir, config) = setup_with(Some(dns.addr()), "");
+    let added = cli(&dir, &config, &["domain", "add", "example.com"]).ok();
+    let published = records(&added.stdout);
+    assert_eq!(published[2].2, "v=spf1 a:mail.example.net ~all");
+
+    dns.set_zone(zone_of(&published));
+    let no_address = cli(&dir, &config, &["domain", "check", "example.com"]);
+    assert_eq!(no_address.code, 1, "{}", no_address.stdout);
+    assert!(
+        no_address
+            .stdout
+            .contains("MISSING   A/AAAA mail.example.net"),
+        "{}",
+        no_address.stdout
+    );
+
+    let ip = Ipv4Addr::new(192, 0, 2, 20);
+    dns.set_zone(
+        zone_of(&published)
+            .a("mail.example.net", ip)
+            .ptr(IpAddr::V4(ip), "mail.example.net"),
+    );
+    let ok = cli(&dir, &config, &["domain", "check", "example.com"]).ok();
+    assert!(
+        ok.stdout
+            .contains("OK        PTR 192.0.2.20: names the HELO host"),
+        "{}",
+        ok.stdout
     );
 }

@@ -23,8 +23,6 @@ pub enum Status {
     Wrong,
     /// The lookup failed (timeout, SERVFAIL): nothing can be said.
     DnsError,
-    /// Not checked (e.g. PTR without `public_ips`).
-    Skipped,
 }
 
 impl Status {
@@ -34,7 +32,6 @@ impl Status {
             Status::Missing => "MISSING",
             Status::Wrong => "WRONG",
             Status::DnsError => "DNS-ERROR",
-            Status::Skipped => "SKIPPED",
         }
     }
 
@@ -363,8 +360,9 @@ async fn check_mx(resolver: &TokioResolver, config: &Config, domain: &str) -> Fi
     }
 }
 
-/// PTR of each public address: it must name the HELO host (forward-
-/// confirmed reverse DNS is what receivers check).
+/// PTR of each public address (`public_ips`, else the hostname's
+/// addresses): it must name the HELO host (forward-confirmed reverse DNS is
+/// what receivers check).
 async fn check_ptr(resolver: &TokioResolver, config: &Config) -> Vec<Finding> {
     let helo = config
         .delivery
@@ -373,16 +371,32 @@ async fn check_ptr(resolver: &TokioResolver, config: &Config) -> Vec<Finding> {
         .unwrap_or_else(|| config.hostname.clone())
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    if config.domains.public_ips.is_empty() {
-        return vec![Finding {
-            status: Status::Skipped,
-            what: "PTR".into(),
-            detail: "set [domains] public_ips to check reverse DNS".into(),
-            publish: None,
-        }];
-    }
     let mut out = Vec::new();
-    for ip in &config.domains.public_ips {
+    // Without public_ips, SPF says a:<hostname>: its addresses are ours.
+    let ips: Vec<IpAddr> = if config.domains.public_ips.is_empty() {
+        let host = config.hostname.trim_end_matches('.');
+        let what = format!("A/AAAA {host}");
+        match resolver.lookup_ip(fqdn(host)).await {
+            Ok(lookup) => lookup.iter().collect(),
+            Err(e) => {
+                return vec![match lookup_error::<String>(e) {
+                    Lookup::Failed(e) => dns_failed(what, e, None),
+                    _ => Finding {
+                        status: Status::Missing,
+                        what,
+                        detail: format!(
+                            "{host} has no address, so SPF a:{host} matches nothing; \
+                             publish it or set [domains] public_ips"
+                        ),
+                        publish: None,
+                    },
+                }];
+            }
+        }
+    } else {
+        config.domains.public_ips.clone()
+    };
+    for ip in &ips {
         let what = format!("PTR {ip}");
         let publish = Some(format!(
             "PTR of {ip} -> {helo}. (ask the owner of the address)"
