@@ -201,6 +201,13 @@ async fn add(
         .add_account(&address, &hash, plan)
         .await
         .map_err(|e| store_error("account", e))?;
+    portcullis_server::security::saslkeys::set_main_password_keys(
+        store,
+        &account.address,
+        &password,
+    )
+    .await
+    .map_err(|e| store_error("account", e))?;
 
     if !domain_was_local {
         println!("Added {domain} as a local domain");
@@ -259,6 +266,19 @@ async fn show(store: &SqliteStore, config: &Config, email: &str) -> anyhow::Resu
     for line in account_security::show_lines(store, &account.address).await? {
         println!("{line}");
     }
+    // Issue 6: passwords set before SCRAM keys existed need setting again.
+    let scram = store
+        .scram_keys(&account.address)
+        .await
+        .map_err(|e| store_error("account", e))?;
+    println!(
+        "scram:   {}",
+        if scram.iter().any(|k| k.app_password.is_none()) {
+            "password ready for SCRAM-SHA-256"
+        } else {
+            "password has no SCRAM keys yet (set it again with `account passwd`)"
+        }
+    );
     if config.plan(&account.plan).is_none() {
         eprintln!("{}", undefined_plan_warning(config, &account.plan));
     }
@@ -293,6 +313,13 @@ async fn passwd(store: &SqliteStore, config: &Config, email: &str) -> anyhow::Re
         .set_password_hash(&account.address, &hash)
         .await
         .map_err(|e| store_error("account", e))?;
+    portcullis_server::security::saslkeys::set_main_password_keys(
+        store,
+        &account.address,
+        &password,
+    )
+    .await
+    .map_err(|e| store_error("account", e))?;
     println!("Password changed for {}", account.address);
     Ok(())
 }

@@ -45,6 +45,11 @@ enum AppPasswordCommand {
         /// Stop accepting it after this long, e.g. 30d or 90d. Default: never.
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+        /// Also allow this app password with CRAM-MD5 (legacy clients). Its
+        /// secret is then kept encrypted with the secret key
+        /// (PORTCULLIS_SECRET_KEY or secret_key_file), which must be set.
+        #[arg(long)]
+        allow_cram_md5: bool,
     },
     /// List an account's app passwords (never the secrets).
     List { email: String },
@@ -64,8 +69,19 @@ pub async fn run(args: AppPasswordArgs, config: &Config) -> anyhow::Result<()> {
             name,
             allow_ip,
             expires,
+            allow_cram_md5,
         } => {
             let name = check_name(&name)?;
+            let cram = if allow_cram_md5 {
+                Some(
+                    portcullis_server::secretbox::SecretBox::load(
+                        config.secret_key_file.as_deref(),
+                    )
+                    .map_err(|e| anyhow!("--allow-cram-md5: {e}"))?,
+                )
+            } else {
+                None
+            };
             let allowed_ips = allow_ip
                 .iter()
                 .map(|text| parse_network("--allow-ip", text).map(|net| net.to_string()))
@@ -79,6 +95,7 @@ pub async fn run(args: AppPasswordArgs, config: &Config) -> anyhow::Result<()> {
                 name,
                 allowed_ips: dedup(allowed_ips),
                 lifetime,
+                cram,
             }
         }
         AppPasswordCommand::List { email } => Request::List { email },
@@ -91,7 +108,8 @@ pub async fn run(args: AppPasswordArgs, config: &Config) -> anyhow::Result<()> {
             name,
             allowed_ips,
             lifetime,
-        } => add(&store, &email, &name, &allowed_ips, lifetime).await,
+            cram,
+        } => add(&store, &email, &name, &allowed_ips, lifetime, cram.as_ref()).await,
         Request::List { email } => list(&store, &email).await,
         Request::Revoke { email, name } => revoke(&store, &email, &name).await,
     };
@@ -105,6 +123,7 @@ enum Request {
         name: String,
         allowed_ips: Vec<String>,
         lifetime: Option<std::time::Duration>,
+        cram: Option<portcullis_server::secretbox::SecretBox>,
     },
     List {
         email: String,
@@ -157,6 +176,7 @@ async fn add(
     name: &str,
     allowed_ips: &[String],
     lifetime: Option<std::time::Duration>,
+    cram: Option<&portcullis_server::secretbox::SecretBox>,
 ) -> anyhow::Result<()> {
     let account = find_account(store, email).await?;
     let expires_at = lifetime
@@ -172,8 +192,20 @@ async fn add(
             ),
             other => store_error("account", other),
         })?;
+    portcullis_server::security::saslkeys::set_app_password_keys(
+        store,
+        &account.address,
+        name,
+        &secret,
+        cram,
+    )
+    .await
+    .map_err(|e| store_error("account", e))?;
 
     println!("Created app password {name} for {}", account.address);
+    if cram.is_some() {
+        println!("CRAM-MD5: allowed (secret kept encrypted with the secret key)");
+    }
     match (expires_at, lifetime) {
         (Some(at), Some(lifetime)) => println!(
             "Expires: {} (in {})",

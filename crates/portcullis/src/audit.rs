@@ -577,6 +577,25 @@ fn advice(facts: &AccountFacts, reason: &str, group: &[&AuthEvent]) -> String {
         "store_unavailable" => "The server could not read its database at the time: check the \
              server log and the data directory's disk and permissions. The user did nothing wrong."
             .to_owned(),
+        // Issue 6 mechanisms.
+        "no_scram_keys" => format!(
+            "The client used SCRAM-SHA-256, but the account's password was set before Portcullis \
+             stored SCRAM keys. Set the password again (`portcullis account passwd {address} \
+             --password-stdin`) or use PLAIN/LOGIN."
+        ),
+        "no_cram_secret" => format!(
+            "The client used CRAM-MD5, which works only with an app password created with \
+             `portcullis app-password add {address} --name NAME --allow-cram-md5`. Prefer SCRAM-SHA-256 \
+             or PLAIN over TLS in the client."
+        ),
+        "idp_unavailable" => "The identity provider's keys (jwks_url) could not be fetched: check \
+             the server log and the network. The user did nothing wrong."
+            .to_owned(),
+        token if token.starts_with("token_") => format!(
+            "The OAuth bearer token was refused ({}): the client must get a fresh token from its \
+             identity provider, configured under [[oauth.issuer]] (or `portcullis token issue {address}`).",
+            token.trim_start_matches("token_").replace('_', " ")
+        ),
         other => format!("Reason code {other}: see the server log for the sessions listed by `portcullis audit --user {address}`."),
     }
 }

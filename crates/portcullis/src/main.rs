@@ -16,6 +16,7 @@ mod logging;
 mod plan;
 mod queue;
 mod serve;
+mod token;
 mod usage;
 
 use std::process::ExitCode;
@@ -60,6 +61,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// Test an SMTP server (ours or any) and explain every failure in plain words.
     Check(check::CheckArgs),
+    /// Mint bearer tokens for AUTH XOAUTH2 / OAUTHBEARER (built-in issuer).
+    Token(token::TokenArgs),
 }
 
 #[tokio::main]
@@ -98,5 +101,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(args) => queue::run(args, &config).await,
         Command::Config(args) => config::run(args, &cli.global, &config),
         Command::Check(args) => check::run(args).await,
+        Command::Token(args) => token::run(args, &config).await,
     }
 }

@@ -158,7 +158,7 @@ fn plain_over_starttls_sends_a_message() {
     ] {
         assert!(out.stdout.contains(needle), "{needle:?}:\n{}", out.stdout);
     }
-    let queue = run(&dir, &["queue", "list"]).ok();
+    let queue = run(&dir, &["queue", "list", "--all"]).ok();
     assert!(
         queue.stdout.contains("friend@example.org"),
         "{}",

@@ -88,6 +88,11 @@ fn account_lifecycle() {
         "never print the hash: {}",
         show.stdout
     );
+    assert!(
+        show.stdout.contains("password ready for SCRAM-SHA-256"),
+        "issue 6: account add stores SCRAM keys: {}",
+        show.stdout
+    );
 
     let out = run_stdin(
         &dir,
@@ -372,4 +377,88 @@ fn serve_starts_and_stops_on_sigterm() {
             out.stderr
         );
     }
+}
+
+/// Issue 6: `token issue`, `app-password add --allow-cram-md5` and the
+/// CRAM-MD5 warning of `config check`.
+#[test]
+fn tokens_and_cram_md5_app_passwords() {
+    let dir = TempDir::new().unwrap();
+    run(&dir, &["account", "add", "tok@example.com"]).ok();
+    let out = run(&dir, &["token", "issue", "Tok@Example.com", "--ttl", "15m"]).ok();
+    let token = out.stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    assert_eq!(out.stdout.lines().count(), 1, "only the token on stdout");
+    let key = dir.path().join("oauth-ed25519.key");
+    assert!(key.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key file readable by others: {mode:o}");
+    }
+    run(&dir, &["token", "issue", "nobody@example.com"]).fails_naming("nobody@example.com");
+    run(
+        &dir,
+        &["token", "issue", "tok@example.com", "--ttl", "soon"],
+    )
+    .fails_naming("--ttl");
+
+    run(
+        &dir,
+        &[
+            "app-password",
+            "add",
+            "tok@example.com",
+            "--name",
+            "old",
+            "--allow-cram-md5",
+        ],
+    )
+    .fails_naming("PORTCULLIS_SECRET_KEY");
+    let out = finish(
+        command(dir.path())
+            .args([
+                "app-password",
+                "add",
+                "tok@example.com",
+                "--name",
+                "old",
+                "--allow-cram-md5",
+            ])
+            .env("PORTCULLIS_SECRET_KEY", "ab".repeat(32))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(out.stdout.contains("CRAM-MD5: allowed"), "{}", out.stdout);
+
+    let config = dir.path().join("portcullis.toml");
+    let key_file = dir.path().join("secret.key");
+    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "secret_key_file = {:?}\n[listeners.submissions]\nmechanisms = [\"SCRAM-SHA-256\", \"CRAM-MD5\"]\n",
+            key_file
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &dir,
+        &["--config", config.to_str().unwrap(), "config", "check"],
+    )
+    .ok();
+    assert!(out.stderr.contains("CRAM-MD5"), "{}", out.stderr);
+    std::fs::write(
+        &config,
+        "[listeners.submissions]\nmechanisms = [\"PLAIN\", \"NTLM\"]\n",
+    )
+    .unwrap();
+    run(
+        &dir,
+        &["--config", config.to_str().unwrap(), "config", "check"],
+    )
+    .fails_naming("listeners.submissions.mechanisms");
 }

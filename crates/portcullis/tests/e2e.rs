@@ -396,3 +396,72 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     again.read_exact(&mut greeting).unwrap();
     assert_eq!(&greeting, b"220");
 }
+
+/// Issue 6 as a new user would try it: an account made with the CLI logs in
+/// with SCRAM-SHA-256 (Python scramp) on the real binary, and a token from
+/// `portcullis token issue` sends a message with curl (OAUTHBEARER).
+#[test]
+fn scram_and_bearer_tokens_on_the_real_binary() {
+    require_tool("python3", "apt-get install python3");
+    require_tool("curl", "apt-get install curl");
+    let (_dir, data) = setup();
+    let server = Running::start(&data);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/py/sasl_client.py");
+    let run = |secret: &str| -> String {
+        let out = Command::new("timeout")
+            .args(["30", "python3"])
+            .arg(&script)
+            .args([
+                "SCRAM-SHA-256",
+                "127.0.0.1",
+                &server.submissions.to_string(),
+                USER,
+                secret,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run(PASSWORD), "ok");
+    assert!(run("wrong").starts_with("fail 535"));
+
+    let token =
+        String::from_utf8(cli(&data, &["token", "issue", USER, "--ttl", "10m"], None).stdout)
+            .unwrap();
+    let mail = data.join("curl.eml");
+    std::fs::write(
+        &mail,
+        "From: alice@example.com\r\nTo: bob@example.org\r\nSubject: t\r\n\r\nhi\r\n",
+    )
+    .unwrap();
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--insecure", "--max-time", "20"])
+        .arg(format!("smtps://127.0.0.1:{}", server.submissions))
+        .args([
+            "--user",
+            &format!("{USER}:"),
+            "--oauth2-bearer",
+            token.trim(),
+        ])
+        .args([
+            "--mail-from",
+            USER,
+            "--mail-rcpt",
+            "bob@example.org",
+            "--upload-file",
+        ])
+        .arg(&mail)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(queue_list(&data).contains("bob@example.org"));
+}

@@ -16,8 +16,8 @@ pub mod session;
 
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use reply::{Enhanced, Reply};
-pub use sasl::{Credentials, Mechanism, Secret};
+pub use sasl::{CredentialRef, Credentials, Mechanism, Secret, Verification};
 pub use session::{
     Action, AuthOutcome, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus, Role,
-    SenderVerdict, Session, SessionConfig,
+    SaslSecrets, SenderVerdict, Session, SessionConfig,
 };

@@ -1,6 +1,12 @@
 //! SASL message decoders for PLAIN (RFC 4616) and LOGIN, and the response-line
 //! rules of RFC 4954 (`*` cancels, `=` is an empty initial response). No I/O,
 //! no credential checks: the decoded identity goes to the auth service.
+//! The challenge-response mechanisms (SCRAM-SHA-256, CRAM-MD5) and the bearer
+//! token mechanisms (OAUTHBEARER, XOAUTH2) are in the submodules.
+
+pub mod cram;
+pub mod oauth;
+pub mod scram;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -12,23 +18,94 @@ use zeroize::Zeroizing;
 pub enum Mechanism {
     Plain,
     Login,
+    ScramSha256,
+    /// With `tls-exporter` channel binding (RFC 9266); TLS 1.3 only.
+    ScramSha256Plus,
+    CramMd5,
+    XOAuth2,
+    OAuthBearer,
 }
 
 impl Mechanism {
+    /// Every mechanism, in the order EHLO lists them.
+    pub const ALL: [Mechanism; 7] = [
+        Mechanism::ScramSha256Plus,
+        Mechanism::ScramSha256,
+        Mechanism::Plain,
+        Mechanism::Login,
+        Mechanism::OAuthBearer,
+        Mechanism::XOAuth2,
+        Mechanism::CramMd5,
+    ];
+
+    /// What a submission listener offers unless configured otherwise.
+    /// CRAM-MD5 is never on by default (it needs a password-equivalent).
+    pub const DEFAULTS: [Mechanism; 5] = [
+        Mechanism::Plain,
+        Mechanism::Login,
+        Mechanism::ScramSha256,
+        Mechanism::XOAuth2,
+        Mechanism::OAuthBearer,
+    ];
+
+    /// The IANA name; SASL mechanism names are case-insensitive (RFC 4422 3.1).
     pub fn parse(name: &str) -> Option<Mechanism> {
-        match name {
-            "PLAIN" => Some(Mechanism::Plain),
-            "LOGIN" => Some(Mechanism::Login),
-            _ => None,
-        }
+        Mechanism::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+            Mechanism::CramMd5 => "CRAM-MD5",
+            Mechanism::XOAuth2 => "XOAUTH2",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
+
+    /// Whether the client sends something an eavesdropper could reuse
+    /// (a password or a bearer token): never offered without TLS.
+    pub fn sends_reusable_secret(self) -> bool {
+        !matches!(
+            self,
+            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus | Mechanism::CramMd5
+        )
+    }
+
+    pub fn is_scram(self) -> bool {
+        matches!(self, Mechanism::ScramSha256 | Mechanism::ScramSha256Plus)
+    }
+
+    pub fn is_bearer(self) -> bool {
+        matches!(self, Mechanism::XOAuth2 | Mechanism::OAuthBearer)
+    }
+}
+
+/// Which of an account's credentials a challenge-response matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialRef {
+    /// The account's main password.
+    Main,
+    /// The app password of this name.
+    App(String),
+}
+
+/// How the auth service must treat `Credentials::password`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// A password to check (PLAIN, LOGIN).
+    Password,
+    /// A bearer token to validate (XOAUTH2, OAUTHBEARER).
+    Token,
+    /// The session checked a challenge-response (SCRAM, CRAM-MD5) against
+    /// the keys the auth service gave it: the credential that matched, if
+    /// any. `password` then holds the client's proof (a brute-force
+    /// fingerprint only).
+    Matched(Option<CredentialRef>),
 }
 
 /// A password that never prints and is wiped on drop.
@@ -59,6 +136,7 @@ pub struct Credentials {
     pub authzid: Option<String>,
     pub username: String,
     pub password: Secret,
+    pub verification: Verification,
 }
 
 /// Why a SASL response was refused.
@@ -109,6 +187,7 @@ pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
         authzid: (!authzid.is_empty()).then_some(authzid),
         username: utf8(authcid)?,
         password: Secret::new(utf8(passwd)?),
+        verification: Verification::Password,
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use portcullis_proto::{AuthOutcome, Credentials, Reply};
+use portcullis_proto::{AuthOutcome, CredentialRef, Credentials, Reply, Verification};
 use portcullis_store::{AccountStatus, AuthEvent, Ban, Store, StoreError, password};
 
 use crate::config::SecurityConfig;
@@ -23,6 +23,13 @@ use crate::security::apppass;
 use crate::security::audit::{AuditLog, tls_version};
 use crate::security::bans::{self, BanList};
 use crate::security::bruteforce::{self, BruteForce, Budget};
+
+mod policy;
+mod sasl;
+
+pub use sasl::{FAKE_SALT_KEY_FILE, load_fake_salt_key};
+
+use policy::Account;
 
 /// Why an attempt failed (audit log only; stable strings for fail2ban and
 /// `portcullis audit`).
@@ -40,6 +47,12 @@ pub enum AuthReason {
     RateLimited,
     Banned,
     StoreUnavailable,
+    /// SCRAM for an account whose password predates SCRAM keys (issue 6).
+    NoScramKeys,
+    /// CRAM-MD5 for an account without an app password that allows it.
+    NoCramSecret,
+    /// A bearer token was refused; the detail says why.
+    Token(crate::oauth::TokenError),
 }
 
 impl AuthReason {
@@ -57,6 +70,9 @@ impl AuthReason {
             AuthReason::RateLimited => "rate_limited",
             AuthReason::Banned => "banned",
             AuthReason::StoreUnavailable => "store_unavailable",
+            AuthReason::NoScramKeys => "no_scram_keys",
+            AuthReason::NoCramSecret => "no_cram_secret",
+            AuthReason::Token(e) => e.reason(),
         }
     }
 }
@@ -113,6 +129,12 @@ impl Checked {
 
 pub struct AuthService {
     store: Arc<dyn Store>,
+    /// Derives stable fake SCRAM salts for unknown users (issue 6).
+    fake_salt_key: [u8; 32],
+    /// Opens sealed CRAM-MD5 secrets; `None` without a secret key.
+    sealer: Option<crate::secretbox::SecretBox>,
+    /// Validates bearer tokens; `None` when no issuer is enabled.
+    tokens: Option<Arc<crate::oauth::TokenValidator>>,
     security: SecurityConfig,
     bruteforce: BruteForce,
     bans: BanList,
@@ -144,6 +166,9 @@ impl AuthService {
     pub fn new(store: Arc<dyn Store>, security: &SecurityConfig, audit: AuditLog) -> AuthService {
         AuthService {
             store,
+            fake_salt_key: rand::random(),
+            sealer: None,
+            tokens: None,
             bruteforce: BruteForce::new(security.bruteforce.clone()),
             security: security.clone(),
             bans: BanList::new(),
@@ -308,6 +333,11 @@ impl AuthService {
         };
 
         let success = checked.reason == AuthReason::Ok;
+        // OAUTHBEARER may name no user: the audit names the token's account.
+        let user = match &checked.outcome {
+            AuthOutcome::Success { user: account } if user.is_empty() => account.clone(),
+            _ => user,
+        };
         tracing::info!(
             target: "portcullis::auth",
             event = "auth",
@@ -367,28 +397,30 @@ impl AuthService {
     }
 
     async fn check(&self, creds: &Credentials, ip: IpAddr, now: i64) -> Checked {
+        if creds.verification == Verification::Token {
+            return self.check_token(creds, ip, now).await;
+        }
         let password = creds.password.clone();
+        let by_password = creds.verification == Verification::Password;
+        // Only PLAIN/LOGIN carry a password worth a dummy Argon2 run.
+        let dummy = || async {
+            if by_password {
+                spawn_verify(None, password.clone()).await;
+            }
+        };
         if let Some(z) = &creds.authzid {
             // RFC 4616 2: we do not let one identity act as another.
             if normalise(z) != normalise(&creds.username) {
-                spawn_verify(None, password).await;
+                dummy().await;
                 return Checked::fail(AuthReason::AuthzidMismatch);
             }
         }
-        let unavailable = |e: StoreError| {
-            tracing::error!(error = %e, "credential lookup failed");
-            Checked {
-                outcome: AuthOutcome::TemporaryFailure,
-                reason: AuthReason::StoreUnavailable,
-                credential: None,
-            }
-        };
         let credential = match self.store.credential(&creds.username).await {
             Ok(c) => c,
             Err(e) => return unavailable(e),
         };
         let Some(credential) = credential else {
-            spawn_verify(None, password).await;
+            dummy().await;
             return Checked::fail(AuthReason::UnknownUser);
         };
         let account = credential.address.clone();
@@ -396,7 +428,7 @@ impl AuthService {
             Ok(Some(s)) => s,
             Ok(None) => {
                 // Removed between the two lookups.
-                spawn_verify(None, password).await;
+                dummy().await;
                 return Checked::fail(AuthReason::UnknownUser);
             }
             Err(e) => return unavailable(e),
@@ -405,86 +437,62 @@ impl AuthService {
             Ok(a) => a,
             Err(e) => return unavailable(e),
         };
-        let active = credential.status == AccountStatus::Active;
-        let now_secs = unix_secs(now);
-
-        // App passwords: a fast digest compare against every one of them.
-        if !apps.is_empty() {
-            let digest = apppass::digest(password.expose());
-            let mut matched = None;
-            for app in &apps {
-                if apppass::digest_matches(&digest, &app.digest) && matched.is_none() {
-                    matched = Some(app);
-                }
-            }
-            if let Some(app) = matched {
-                let fail = |reason| Checked {
-                    outcome: AuthOutcome::Failed,
-                    reason,
-                    credential: Some(format!("app:{}", app.name)),
-                };
-                if app.expires_at.is_some_and(|t| t <= now_secs) {
-                    return fail(AuthReason::AppPasswordExpired);
-                }
-                if !active {
-                    return fail(AuthReason::Disabled);
-                }
-                if !ip_allowed(&app.allowed_ips, ip) || !ip_allowed(&security.allowed_ips, ip) {
-                    return fail(AuthReason::IpNotAllowed);
-                }
-                let store = Arc::clone(&self.store);
-                let (name, ip_text) = (app.name.clone(), ip.to_string());
-                let touched = account.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store
-                        .touch_app_password(&touched, &name, now_secs, &ip_text)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot record app password use");
-                    }
-                });
-                return Checked {
-                    outcome: AuthOutcome::Success { user: account },
-                    reason: AuthReason::Ok,
-                    credential: Some(format!("app:{}", app.name)),
-                };
-            }
-        }
-
-        // Main password. Verify before looking at anything else so every
-        // failure costs the same.
-        if !spawn_verify(Some(credential.password_hash.clone()), password).await {
-            return Checked::fail(AuthReason::BadPassword);
-        }
-        let fail = |reason| Checked {
-            outcome: AuthOutcome::Failed,
-            reason,
-            credential: Some("password".to_owned()),
+        let account = Account {
+            address: account,
+            active: credential.status == AccountStatus::Active,
+            security,
         };
-        if !active {
-            return fail(AuthReason::Disabled);
-        }
-        if !ip_allowed(&security.allowed_ips, ip) {
-            return fail(AuthReason::IpNotAllowed);
-        }
-        if security.totp_secret.is_some() {
-            return Checked {
-                outcome: AuthOutcome::AppPasswordRequired,
-                reason: AuthReason::AppPasswordRequired,
-                credential: Some("password".to_owned()),
-            };
-        }
-        if let Some(max_age) = self.security.password_max_age {
-            let max = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
-            if now_secs >= security.password_changed_at.saturating_add(max) {
-                return fail(AuthReason::PasswordExpired);
+
+        let matched = match &creds.verification {
+            Verification::Password => {
+                // App passwords: a fast digest compare against every one of them.
+                let digest = apppass::digest(password.expose());
+                let mut matched = None;
+                for app in &apps {
+                    if apppass::digest_matches(&digest, &app.digest) && matched.is_none() {
+                        matched = Some(app);
+                    }
+                }
+                match matched {
+                    Some(app) => Some(app),
+                    None => {
+                        // Main password. Verify before looking at anything
+                        // else so every failure costs the same.
+                        if !spawn_verify(Some(credential.password_hash.clone()), password).await {
+                            return Checked::fail(AuthReason::BadPassword);
+                        }
+                        None
+                    }
+                }
             }
+            Verification::Matched(Some(CredentialRef::App(name))) => {
+                match apps.iter().find(|a| a.name.eq_ignore_ascii_case(name)) {
+                    Some(app) => Some(app),
+                    // Revoked during the exchange.
+                    None => return Checked::fail(AuthReason::BadPassword),
+                }
+            }
+            Verification::Matched(Some(CredentialRef::Main)) => None,
+            Verification::Matched(None) | Verification::Token => {
+                return Checked::fail(
+                    self.no_match_reason(creds.mechanism, &account.address)
+                        .await,
+                );
+            }
+        };
+        match matched {
+            Some(app) => self.app_password_policy(&account, app, ip, now),
+            None => self.main_password_policy(&account, ip, now),
         }
-        Checked {
-            outcome: AuthOutcome::Success { user: account },
-            reason: AuthReason::Ok,
-            credential: Some("password".to_owned()),
-        }
+    }
+}
+
+fn unavailable(e: StoreError) -> Checked {
+    tracing::error!(error = %e, "credential lookup failed");
+    Checked {
+        outcome: AuthOutcome::TemporaryFailure,
+        reason: AuthReason::StoreUnavailable,
+        credential: None,
     }
 }
 

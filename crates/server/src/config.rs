@@ -8,6 +8,7 @@
 //! `PORTCULLIS_*` variables are applied by the binary on the resolved
 //! [`Config`], which it then validates again.
 
+mod auth;
 mod delivery;
 mod mail_auth;
 mod raw;
@@ -26,6 +27,9 @@ use raw::{
     RawTls, RawUsage, SizeValue,
 };
 
+pub use auth::{
+    IssuerConfig, JwksSource, JwtAlgorithm, OAuthConfig, SECRET_KEY_ENV, secret_key_configured,
+};
 pub use delivery::{DeliveryConfig, DestinationConfig, LocalTransport, RelayConfig, TlsPolicy};
 pub use mail_auth::{DomainsConfig, InboundConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
@@ -56,6 +60,11 @@ pub struct Config {
     pub plans: BTreeMap<String, Plan>,
     /// `[delivery]`: the queue manager and outbound SMTP.
     pub delivery: DeliveryConfig,
+    /// Key file for sealing CRAM-MD5 secrets (issue 6); the
+    /// `PORTCULLIS_SECRET_KEY` environment variable takes precedence.
+    pub secret_key_file: Option<PathBuf>,
+    /// Bearer-token issuers for XOAUTH2 / OAUTHBEARER (issue 6).
+    pub oauth: OAuthConfig,
     /// `[domains]`: sending domains (SPF addresses, MX).
     pub domains: DomainsConfig,
     /// `[inbound]`: SPF/DKIM/DMARC on the smtp listener.
@@ -219,6 +228,8 @@ pub struct ListenerConfig {
     pub session_timeout: Duration,
     /// Protocol errors tolerated before the connection is closed.
     pub max_errors: u32,
+    /// SASL mechanisms offered after TLS, in EHLO order (issue 6).
+    pub mechanisms: Vec<portcullis_proto::Mechanism>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,6 +431,7 @@ impl ListenerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             max_errors: DEFAULT_MAX_ERRORS,
+            mechanisms: portcullis_proto::Mechanism::DEFAULTS.to_vec(),
         }
     }
 }
@@ -489,6 +501,8 @@ impl Config {
             default_plan: DEFAULT_PLAN.to_owned(),
             plans: shipped_plans(),
             delivery: DeliveryConfig::defaults(),
+            secret_key_file: None,
+            oauth: OAuthConfig::default(),
             domains: DomainsConfig::defaults(),
             inbound: InboundConfig::defaults(),
         }
@@ -568,6 +582,8 @@ impl Config {
         if let Some(level) = level {
             config.log.level = level;
         }
+        config.secret_key_file = raw.secret_key_file;
+        config.oauth = auth::resolve_oauth(raw.oauth)?;
         let RawTls { cert, key } = raw.tls;
         config.tls = TlsConfig { cert, key };
         let RawListeners {
@@ -744,7 +760,21 @@ impl Config {
         }
         for listener in self.listeners.iter() {
             validate_listener(listener)?;
+            if listener.enabled
+                && listener
+                    .mechanisms
+                    .contains(&portcullis_proto::Mechanism::CramMd5)
+                && !secret_key_configured(self.secret_key_file.as_deref())
+            {
+                return Err(ConfigError::invalid(
+                    format!("listeners.{}.mechanisms", listener.role.name()),
+                    format!(
+                        "CRAM-MD5 needs a secret key: set secret_key_file or the {SECRET_KEY_ENV} environment variable"
+                    ),
+                ));
+            }
         }
+        auth::validate_oauth(&self.oauth)?;
         if !self.listeners.iter().any(|l| l.enabled) {
             return Err(ConfigError::invalid(
                 "listeners",
@@ -870,6 +900,7 @@ impl Config {
                 idle_timeout: Some(DurationValue(units::format_duration(l.idle_timeout))),
                 session_timeout: Some(DurationValue(units::format_duration(l.session_timeout))),
                 max_errors: Some(l.max_errors),
+                mechanisms: Some(auth::mechanism_names(&l.mechanisms)),
             })
         };
         RawConfig {
@@ -929,6 +960,8 @@ impl Config {
                 enforce: Some(self.usage.enforce),
             },
             default_plan: Some(self.default_plan.clone()),
+            secret_key_file: self.secret_key_file.as_deref().map(lossy),
+            oauth: auth::to_raw_oauth(&self.oauth),
             plans: self
                 .plans
                 .iter()
@@ -1086,6 +1119,7 @@ fn resolve_listener(listener: &mut ListenerConfig, raw: RawListener) -> Result<(
         idle_timeout,
         session_timeout,
         max_errors,
+        mechanisms,
     } = raw;
     if let Some(v) = enabled {
         listener.enabled = v;
@@ -1132,6 +1166,9 @@ fn resolve_listener(listener: &mut ListenerConfig, raw: RawListener) -> Result<(
     }
     if let Some(v) = max_errors {
         listener.max_errors = v;
+    }
+    if let Some(v) = mechanisms {
+        listener.mechanisms = auth::parse_mechanisms(&key("mechanisms"), &v)?;
     }
     Ok(())
 }

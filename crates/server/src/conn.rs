@@ -68,7 +68,29 @@ pub(crate) fn session_config(shared: &Shared, listener: &ListenerConfig) -> Sess
         max_errors: listener.max_errors,
         max_auth_failures: shared.max_auth_failures,
         starttls: true,
+        // Issue 6: only what can work on this server (tokens need an issuer,
+        // CRAM-MD5 needs the secret key).
+        mechanisms: listener
+            .mechanisms
+            .iter()
+            .copied()
+            .filter(|m| !m.is_bearer() || shared.auth.tokens_enabled())
+            .filter(|m| *m != portcullis_proto::Mechanism::CramMd5 || shared.auth.cram_enabled())
+            .collect(),
     }
+}
+
+/// RFC 9266 `tls-exporter` channel binding for SCRAM-SHA-256-PLUS: 32 bytes
+/// exported with label "EXPORTER-Channel-Binding" and no context. Only for
+/// TLS 1.3 (with TLS 1.2 it is safe only with extended master secret, which
+/// we cannot check here), else `None` and PLUS is not offered.
+pub(crate) fn tls_exporter(conn: &rustls::ServerConnection) -> Option<Vec<u8>> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .ok()
+        .map(|k| k.to_vec())
 }
 
 /// Describes the negotiated TLS parameters, for logs and the Received header.
@@ -97,6 +119,8 @@ struct Driver {
     reserved: Option<(String, Vec<i64>)>,
     /// The session id of the logs and the auth audit.
     sid: String,
+    /// `tls-exporter` data of the STARTTLS handshake, for the session.
+    channel_binding: Option<Vec<u8>>,
     /// The sending plan read at the first RCPT of the current transaction.
     tx_plan: Option<(String, crate::config::Plan)>,
     /// The header block of the current message, kept in authenticated
@@ -136,12 +160,15 @@ const HEADER_CAPTURE: usize = 256 * 1024;
 pub(crate) async fn serve(
     io: Box<dyn Io>,
     tls_info: Option<String>,
+    channel_binding: Option<Vec<u8>>,
     shared: Arc<Shared>,
     listener: Arc<ListenerConfig>,
     peer: SocketAddr,
     sid: String,
 ) {
     let mut session = Session::new(session_config(&shared, &listener), tls_info.is_some());
+    session.seed_nonces(rand::random());
+    session.set_channel_binding(channel_binding);
     let mut driver = Driver {
         deadline: Instant::now() + listener.session_timeout,
         shared,
@@ -155,6 +182,7 @@ pub(crate) async fn serve(
         tx_plan: None,
         sid,
         headers: None,
+        channel_binding: None,
     };
     session.greeting().write_to(&mut driver.out);
     let end = driver.run(&mut session).await;
@@ -197,6 +225,7 @@ impl Driver {
                         return end;
                     }
                     session.tls_started();
+                    session.set_channel_binding(self.channel_binding.take());
                 }
                 Action::Authenticate(creds) => {
                     let ctx = AuthContext {
@@ -218,6 +247,13 @@ impl Driver {
                         session.set_account_limits(plan.max_recipients, plan.max_message_size);
                     }
                     session.auth_result(outcome);
+                }
+                Action::LookupSecrets {
+                    mechanism,
+                    username,
+                } => {
+                    let secrets = self.shared.auth.sasl_secrets(mechanism, &username).await;
+                    session.secrets_result(secrets);
                 }
                 Action::ReserveQuota { user } => {
                     let (outcome, grant) = self
@@ -482,6 +518,7 @@ impl Driver {
                 let info = tls_description(stream.get_ref().1);
                 tracing::debug!(tls = %info, "STARTTLS complete");
                 self.tls_info = Some(info);
+                self.channel_binding = tls_exporter(stream.get_ref().1);
                 self.io = Some(Box::new(stream));
                 Ok(())
             }

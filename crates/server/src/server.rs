@@ -59,6 +59,12 @@ pub enum ServerError {
     Delivery(#[from] crate::delivery::DeliveryError),
     #[error("cannot load bans from the store: {0}")]
     Bans(portcullis_store::StoreError),
+    /// Issue 6: a JWKS file or the built-in token key could not be loaded.
+    #[error("OAuth: {0}")]
+    OAuth(#[from] crate::oauth::OAuthSetupError),
+    /// Issue 6: CRAM-MD5 is enabled but the secret key cannot be loaded.
+    #[error("secret key: {0}")]
+    SecretKey(#[from] crate::secretbox::SecretKeyError),
 }
 
 pub(crate) fn proto_role(role: ListenerRole) -> Role {
@@ -137,7 +143,23 @@ impl Server {
         let throttle = &config.throttle;
         let (audit, _audit_task) =
             AuditLog::start(Arc::clone(&store), Some(config.mail_log_path()));
-        let auth = AuthService::new(Arc::clone(&store), &config.security, audit);
+        let auth = AuthService::new(Arc::clone(&store), &config.security, audit)
+            .with_tokens(
+                crate::oauth::TokenValidator::new(
+                    &config.oauth,
+                    &config.data_dir,
+                    &config.hostname,
+                )?
+                .map(Arc::new),
+            )
+            .with_secret_box(crate::secretbox::SecretBox::load_if_needed(&config)?);
+        let auth = match crate::auth::load_fake_salt_key(&config.data_dir) {
+            Ok(key) => auth.with_fake_salt_key(key),
+            Err(e) => {
+                tracing::warn!(error = %e, "no persistent SCRAM fake-salt key; using a per-process one");
+                auth
+            }
+        };
         let bans = auth.load_bans().await.map_err(ServerError::Bans)?;
         if bans > 0 {
             tracing::info!(bans, "active bans loaded");
@@ -217,6 +239,7 @@ impl Server {
         conn::serve(
             Box::new(io),
             tls_info,
+            None,
             Arc::clone(&self.shared),
             Arc::clone(cfg),
             peer,
@@ -399,13 +422,14 @@ async fn connection(
             match timeout(cfg.idle_timeout, shared.tls.acceptor().accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let info = conn::tls_description(tls.get_ref().1);
-                    conn::serve(Box::new(tls), Some(info), shared, cfg, peer, sid).await;
+                    let binding = conn::tls_exporter(tls.get_ref().1);
+                    conn::serve(Box::new(tls), Some(info), binding, shared, cfg, peer, sid).await;
                 }
                 Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::info!("TLS handshake timed out"),
             }
         } else {
-            conn::serve(Box::new(stream), None, shared, cfg, peer, sid).await;
+            conn::serve(Box::new(stream), None, None, shared, cfg, peer, sid).await;
         }
         drop(permit);
         drop(slot);

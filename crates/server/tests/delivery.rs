@@ -31,6 +31,9 @@ struct SinkState {
     messages: Vec<(String, Vec<String>, String)>,
     /// Answer 451 to every RCPT.
     all_temporary: bool,
+    /// Speak LMTP: LHLO, and one reply per recipient after the data
+    /// (452 for a local part starting with "full").
+    lmtp: bool,
 }
 
 struct Sink {
@@ -91,7 +94,8 @@ async fn sink_session(
             return Ok(());
         }
         let upper = line.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
+        let lmtp = st.lock().unwrap().lmtp;
+        let reply: String = if upper.starts_with("EHLO") || (lmtp && upper.starts_with("LHLO")) {
             let eight = if eight_bit { "250-8BITMIME\r\n" } else { "" };
             format!("250-sink.test\r\n250-PIPELINING\r\n{eight}250 SIZE 10000000\r\n")
         } else if upper.starts_with("MAIL FROM:") {
@@ -132,7 +136,20 @@ async fn sink_session(
                     .unwrap()
                     .messages
                     .push((from.clone(), rcpts.clone(), data));
-                "250 2.0.0 queued by sink\r\n".into()
+                if lmtp {
+                    rcpts
+                        .iter()
+                        .map(|r| {
+                            if r.starts_with("full") {
+                                format!("452 4.2.2 <{r}> mailbox full\r\n")
+                            } else {
+                                format!("250 2.0.0 <{r}> delivered\r\n")
+                            }
+                        })
+                        .collect()
+                } else {
+                    "250 2.0.0 queued by sink\r\n".into()
+                }
             }
         } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
             "250 2.0.0 ok\r\n".into()
@@ -809,4 +826,166 @@ async fn smarthost_relays_with_auth_over_verified_tls() {
     );
     server.stop().await;
     up.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_delay_warning_after_the_configured_time() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    let sink = Sink::start(true).await;
+    let store = fx.store_dyn();
+    // Accepted five hours ago: past delay_warning (4h), far from max_age.
+    inject(
+        &*store,
+        fx.data_dir(),
+        "W1",
+        ALICE,
+        &["temp@remote.test"],
+        "slow",
+        now_s() - 5 * 3600,
+    )
+    .await;
+    let server = Running::start(
+        delivery_config(&fx, dns.addr(), sink.addr.port()),
+        store.clone(),
+    )
+    .await;
+    let w1 = wait_for(&*store, "W1", "deferred", settled).await;
+    assert_eq!(w1.recipients[0].status, DeliveryStatus::Deferred);
+    assert!(w1.recipients[0].warned);
+    let notes = wait_mailbox(fx.data_dir(), ALICE, 1).await;
+    assert!(notes[0].contains("Action: delayed"), "{}", notes[0]);
+    assert!(notes[0].contains("Will-Retry-Until:"), "{}", notes[0]);
+    assert!(notes[0].contains("Status: 4.2.0"), "{}", notes[0]);
+    // The next failure sends no second warning.
+    store.retry_now(Some("W1"), now_s() * 1000).await.unwrap();
+    wait_for(&*store, "W1", "second attempt", |e| {
+        e.recipients[0].attempts == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mailbox(fx.data_dir(), ALICE).len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mail_can_go_to_an_lmtp_server_with_per_recipient_results() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(Zone::new()).await.unwrap();
+    let sink = Sink::start(true).await;
+    sink.state.lock().unwrap().lmtp = true;
+    let store = fx.store_dyn();
+    let hash = portcullis_store::password::hash_password(ALICE_PASSWORD).unwrap();
+    store
+        .add_account("full@example.com", &hash, "standard")
+        .await
+        .unwrap();
+    inject(
+        &*store,
+        fx.data_dir(),
+        "D1",
+        "ext@remote.test",
+        &[BOB, "full@example.com"],
+        "lmtp",
+        now_s(),
+    )
+    .await;
+    let mut config = delivery_config(&fx, dns.addr(), 1);
+    config.delivery.local = portcullis_server::config::LocalTransport::Lmtp(sink.addr.to_string());
+    let server = Running::start(config, store.clone()).await;
+    let d1 = wait_for(&*store, "D1", "LMTP results", settled).await;
+    assert_eq!(status_of(&d1, BOB), DeliveryStatus::Delivered);
+    assert_eq!(status_of(&d1, "full@example.com"), DeliveryStatus::Deferred);
+    let full = d1
+        .recipients
+        .iter()
+        .find(|r| r.address.starts_with("full"))
+        .unwrap();
+    assert!(
+        full.last_reply.as_deref().unwrap().contains("452 4.2.2"),
+        "{full:?}"
+    );
+    assert_eq!(sink.messages().len(), 1, "one LMTP transaction for both");
+    assert!(
+        mailbox(fx.data_dir(), BOB).is_empty(),
+        "not written to a Maildir"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_addresses_need_smtputf8_at_the_peer() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    let sink = Sink::start(true).await;
+    let store = fx.store_dyn();
+    inject(
+        &*store,
+        fx.data_dir(),
+        "U1",
+        ALICE,
+        &["j\u{f6}rg@remote.test"],
+        "utf8",
+        now_s(),
+    )
+    .await;
+    let server = Running::start(
+        delivery_config(&fx, dns.addr(), sink.addr.port()),
+        store.clone(),
+    )
+    .await;
+    let u1 = wait_for(&*store, "U1", "bounced", settled).await;
+    assert_eq!(u1.recipients[0].status, DeliveryStatus::Bounced);
+    assert!(
+        u1.recipients[0]
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .contains("SMTPUTF8"),
+        "{u1:?}"
+    );
+    let dsn = wait_mailbox(fx.data_dir(), ALICE, 1).await;
+    assert!(dsn[0].contains("Status: 5.6.7"), "{}", dsn[0]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_is_a_timeout_and_a_deferral() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    // Accepts the connection and says nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let store = fx.store_dyn();
+    inject(
+        &*store,
+        fx.data_dir(),
+        "Q1",
+        ALICE,
+        &["u@remote.test"],
+        "x",
+        now_s(),
+    )
+    .await;
+    let mut config = delivery_config(&fx, dns.addr(), port);
+    config.delivery.command_timeout = Duration::from_secs(1);
+    let server = Running::start(config, store.clone()).await;
+    let q1 = wait_for(&*store, "Q1", "deferred", settled).await;
+    assert_eq!(q1.recipients[0].status, DeliveryStatus::Deferred);
+    assert!(
+        q1.recipients[0]
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .contains("timeout"),
+        "{q1:?}"
+    );
+    server.stop().await;
+    holder.abort();
 }

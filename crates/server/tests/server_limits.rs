@@ -207,7 +207,7 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
         );
         let expected_last = match role {
             ListenerRole::Smtp => "250 CHUNKING",
-            _ => "250 AUTH PLAIN LOGIN",
+            _ => "250 AUTH PLAIN LOGIN SCRAM-SHA-256 XOAUTH2 OAUTHBEARER",
         };
         assert_eq!(
             ehlo.last().map(String::as_str),

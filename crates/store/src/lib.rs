@@ -158,6 +158,49 @@ impl std::fmt::Debug for AppPasswordSecret {
     }
 }
 
+/// SCRAM-SHA-256 keys of one password (RFC 5802 3; issue 6). Never the
+/// password: StoredKey and ServerKey are 32 bytes each.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("iterations", &self.iterations)
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The SCRAM keys of one of an account's credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScramKeysOf {
+    /// `None` for the main password, else the app password's name.
+    pub app_password: Option<String>,
+    pub keys: ScramCredential,
+}
+
+/// A sealed (encrypted) CRAM-MD5 secret of an app password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CramSecret {
+    pub app_password: String,
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for CramSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CramSecret")
+            .field("app_password", &self.app_password)
+            .field("sealed", &"<redacted>")
+            .finish()
+    }
+}
+
 /// An account's security settings.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccountSecurity {
@@ -466,7 +509,7 @@ pub struct NewDkimKey {
     pub selector: String,
     pub tag: String,
     pub algorithm: DkimAlgorithm,
-    /// PKCS#8 DER (Ed25519) or PKCS#1 DER (RSA).
+    /// PKCS#8 DER (both algorithms).
     pub private_key: Vec<u8>,
     /// The bytes published in `p=` (raw 32 bytes for Ed25519, DER
     /// SubjectPublicKeyInfo for RSA).
@@ -748,6 +791,35 @@ pub trait Store: Send + Sync + 'static {
     /// The target for `address`: its own alias first, else its domain's
     /// catch-all, else `None`.
     async fn resolve_alias(&self, address: &str) -> Result<Option<String>>;
+
+    // issue 6: SCRAM-SHA-256 and CRAM-MD5 ------------------------------------
+    // `set_password_hash` also clears the main password's SCRAM keys, so a
+    // password change never leaves the old password usable through SCRAM.
+
+    /// Sets (`Some`) or clears (`None`) the SCRAM keys of the account's main
+    /// password. `Invalid` unless StoredKey and ServerKey are 32 bytes, the
+    /// salt is 8 to 64 bytes and iterations at least 4096. `NotFound(account)`.
+    async fn set_scram_keys(&self, account: &str, keys: Option<&ScramCredential>) -> Result<()>;
+
+    /// Sets the SCRAM keys (same checks as `set_scram_keys`) and, when
+    /// given, the sealed CRAM-MD5 secret (1 to 512 bytes) of an app password.
+    /// `NotFound(account)` / `NotFound(name)`.
+    async fn set_app_password_keys(
+        &self,
+        account: &str,
+        name: &str,
+        scram: Option<&ScramCredential>,
+        cram_sealed: Option<&[u8]>,
+    ) -> Result<()>;
+
+    /// Every SCRAM key of the account: the main password first (if it has
+    /// keys), then app passwords by name. Expired app passwords are included
+    /// (the auth service decides). Empty for an unknown or malformed account.
+    async fn scram_keys(&self, account: &str) -> Result<Vec<ScramKeysOf>>;
+
+    /// The sealed CRAM-MD5 secrets of the account's app passwords that have
+    /// one, by name. Empty for an unknown or malformed account.
+    async fn cram_secrets(&self, account: &str) -> Result<Vec<CramSecret>>;
 
     // --- Sending domains (issue 7) ------------------------------------------
 

@@ -12,6 +12,7 @@ mod connect;
 mod delivery;
 mod domains;
 mod schema;
+mod scram;
 mod security;
 
 pub use schema::SCHEMA_VERSION;
@@ -33,7 +34,8 @@ use crate::validate::{
 };
 use crate::{
     Account, AccountSecurity, AccountStatus, AppPassword, AppPasswordSecret, AuthEvent,
-    AuthEventFilter, Ban, Credential, NewMessage, QueuedMessage, Result, Store, StoreError,
+    AuthEventFilter, Ban, CramSecret, Credential, NewMessage, QueuedMessage, Result,
+    ScramCredential, ScramKeysOf, Store, StoreError,
 };
 
 /// How long a statement waits for another connection's lock before failing.
@@ -362,8 +364,9 @@ impl Store for SqliteStore {
         check_password_hash(password_hash)?;
         let now = now();
         let done = sqlx::query(
-            "UPDATE accounts SET password_hash = ?, updated_at = ?, password_changed_at = ? \
-             WHERE address = ?",
+            "UPDATE accounts SET password_hash = ?, updated_at = ?, password_changed_at = ?, \
+             scram_salt = NULL, scram_iterations = NULL, scram_stored_key = NULL, \
+             scram_server_key = NULL WHERE address = ?",
         )
         .bind(password_hash)
         .bind(now)
@@ -755,6 +758,29 @@ impl Store for SqliteStore {
 
     async fn resolve_alias(&self, address: &str) -> Result<Option<String>> {
         self.resolve_alias_impl(address).await
+    }
+
+    async fn set_scram_keys(&self, account: &str, keys: Option<&ScramCredential>) -> Result<()> {
+        self.set_scram_keys_impl(account, keys).await
+    }
+
+    async fn set_app_password_keys(
+        &self,
+        account: &str,
+        name: &str,
+        scram: Option<&ScramCredential>,
+        cram_sealed: Option<&[u8]>,
+    ) -> Result<()> {
+        self.set_app_password_keys_impl(account, name, scram, cram_sealed)
+            .await
+    }
+
+    async fn scram_keys(&self, account: &str) -> Result<Vec<ScramKeysOf>> {
+        self.scram_keys_impl(account).await
+    }
+
+    async fn cram_secrets(&self, account: &str) -> Result<Vec<CramSecret>> {
+        self.cram_secrets_impl(account).await
     }
 
     async fn add_dkim_keys(

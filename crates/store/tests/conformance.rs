@@ -41,6 +41,12 @@ async fn sqlite_accounts() {
 }
 
 #[tokio::test]
+async fn sqlite_scram_and_cram_keys() {
+    let (_dir, store) = fresh().await;
+    suite_scram_and_cram_keys(store).await;
+}
+
+#[tokio::test]
 async fn sqlite_account_errors() {
     let (_dir, store) = fresh().await;
     suite_account_errors(store).await;

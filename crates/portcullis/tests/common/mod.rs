@@ -63,6 +63,7 @@ pub fn command(data_dir: &Path) -> Command {
         "PORTCULLIS_SUBMISSION",
         "PORTCULLIS_SUBMISSIONS",
         "RUST_LOG",
+        "PORTCULLIS_SECRET_KEY",
     ] {
         cmd.env_remove(var);
     }

@@ -1,10 +1,13 @@
 //! AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN. Decodes what the client
 //! sends; the credential check happens outside, via `Action::Authenticate`.
+//! The other mechanisms' steps are in `sasl_mechs.rs`; the per-listener
+//! mechanism list (issue 6) is enforced here.
 
-use super::{Action, AuthOutcome, Awaiting, Role, SaslStep, Session, State};
+use super::{Action, AuthOutcome, Awaiting, Role, SaslAfter, SaslStep, Session, State};
 use crate::reply::Reply;
 use crate::sasl::{
     self, Credentials, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, Mechanism, SaslError, Secret,
+    Verification,
 };
 
 impl Session {
@@ -27,9 +30,12 @@ impl Session {
                 "AUTH not allowed during a mail transaction",
             ));
         }
-        let Some(mech) = Mechanism::parse(mechanism) else {
+        let Some(mech) =
+            Mechanism::parse(mechanism).filter(|m| self.offered_mechanisms().any(|o| o == *m))
+        else {
             return self.reply(Reply::unknown_mechanism());
         };
+        self.sasl_after = SaslAfter::default();
         match (mech, initial) {
             (Mechanism::Plain, None) => self.challenge("", SaslStep::PlainResponse),
             (Mechanism::Login, None) => {
@@ -37,10 +43,27 @@ impl Session {
             }
             (Mechanism::Plain, Some(ir)) => self.continue_sasl(SaslStep::PlainResponse, &ir),
             (Mechanism::Login, Some(ir)) => self.continue_sasl(SaslStep::LoginUsername, &ir),
+            (m @ (Mechanism::ScramSha256 | Mechanism::ScramSha256Plus), None) => {
+                let plus = m == Mechanism::ScramSha256Plus;
+                self.challenge("", SaslStep::ScramFirst { plus })
+            }
+            (m @ (Mechanism::ScramSha256 | Mechanism::ScramSha256Plus), Some(ir)) => {
+                let plus = m == Mechanism::ScramSha256Plus;
+                self.continue_sasl(SaslStep::ScramFirst { plus }, &ir)
+            }
+            // RFC 2195: the server speaks first; no initial response.
+            (Mechanism::CramMd5, Some(_)) => self.sasl_error(SaslError::Malformed),
+            (Mechanism::CramMd5, None) => self.start_cram(),
+            (m @ (Mechanism::XOAuth2 | Mechanism::OAuthBearer), None) => {
+                self.challenge("", SaslStep::BearerResponse(m))
+            }
+            (m @ (Mechanism::XOAuth2 | Mechanism::OAuthBearer), Some(ir)) => {
+                self.continue_sasl(SaslStep::BearerResponse(m), &ir)
+            }
         }
     }
 
-    fn challenge(&mut self, prompt: &str, step: SaslStep) {
+    pub(super) fn challenge(&mut self, prompt: &str, step: SaslStep) {
         self.pending
             .push_back(Action::Send(Reply::auth_challenge(prompt)));
         self.state = State::Sasl(step);
@@ -62,10 +85,17 @@ impl Session {
 
     fn continue_sasl(&mut self, step: SaslStep, response: &str) {
         self.state = State::Command;
-        let decoded = match sasl::decode_response(response) {
-            Ok(d) => d,
-            Err(e) => return self.sasl_error(e),
+        let decoded = match (step, sasl::decode_response(response)) {
+            (SaslStep::FailureAck(reply), _) => return self.finish_failure(reply),
+            (SaslStep::SuccessAck { .. }, Err(e)) => return self.sasl_error(e),
+            (SaslStep::SuccessAck { user }, Ok(_)) => {
+                self.auth_user = Some(user);
+                return self.reply(Reply::auth_ok());
+            }
+            (step, Ok(d)) => (step, d),
+            (_, Err(e)) => return self.sasl_error(e),
         };
+        let (step, decoded) = decoded;
         match step {
             SaslStep::PlainResponse => match sasl::decode_plain(&decoded) {
                 Ok(creds) => self.authenticate(creds),
@@ -83,13 +113,19 @@ impl Session {
                     authzid: None,
                     username,
                     password: Secret::new(password),
+                    verification: Verification::Password,
                 }),
                 Err(e) => self.sasl_error(e),
             },
+            SaslStep::ScramFirst { plus } => self.scram_client_first(&decoded, plus),
+            SaslStep::ScramFinal(exchange) => self.scram_client_final(*exchange, &decoded),
+            SaslStep::CramResponse { challenge } => self.cram_response(challenge, &decoded),
+            SaslStep::BearerResponse(mech) => self.bearer_response(mech, &decoded),
+            SaslStep::SuccessAck { .. } | SaslStep::FailureAck(_) => {}
         }
     }
 
-    fn sasl_error(&mut self, e: SaslError) {
+    pub(super) fn sasl_error(&mut self, e: SaslError) {
         self.state = State::Command;
         self.reply(match e {
             SaslError::Cancelled => Reply::auth_cancelled(),
@@ -98,7 +134,7 @@ impl Session {
         });
     }
 
-    fn authenticate(&mut self, creds: Credentials) {
+    pub(super) fn authenticate(&mut self, creds: Credentials) {
         self.pending.push_back(Action::Authenticate(creds));
         self.state = State::Await(Awaiting::Auth);
     }
@@ -109,25 +145,37 @@ impl Session {
             return;
         }
         self.state = State::Command;
+        let after = std::mem::take(&mut self.sasl_after);
         match outcome {
-            AuthOutcome::Success { user } => {
-                self.auth_user = Some(user);
-                self.reply(Reply::auth_ok());
-            }
+            AuthOutcome::Success { user } => match after.on_success {
+                Some(data) => self.challenge(&data, SaslStep::SuccessAck { user }),
+                None => {
+                    self.auth_user = Some(user);
+                    self.reply(Reply::auth_ok());
+                }
+            },
             AuthOutcome::TemporaryFailure => self.reply(Reply::auth_temp_failure()),
             AuthOutcome::Failed | AuthOutcome::AppPasswordRequired => {
-                self.auth_failures += 1;
-                self.reply(if outcome == AuthOutcome::Failed {
+                let reply = if outcome == AuthOutcome::Failed {
                     Reply::auth_failed()
                 } else {
                     Reply::app_password_required()
-                });
-                if self.auth_failures >= self.cfg.max_auth_failures
-                    && !matches!(self.state, State::Closed)
-                {
-                    self.close_with(Reply::too_many_auth_failures());
+                };
+                match after.on_failure {
+                    Some(data) => self.challenge(&data, SaslStep::FailureAck(reply)),
+                    None => self.finish_failure(reply),
                 }
             }
+        }
+    }
+
+    /// Sends the failure reply of an AUTH attempt and enforces the budget.
+    pub(super) fn finish_failure(&mut self, reply: Reply) {
+        self.auth_failures += 1;
+        self.reply(reply);
+        if self.auth_failures >= self.cfg.max_auth_failures && !matches!(self.state, State::Closed)
+        {
+            self.close_with(Reply::too_many_auth_failures());
         }
     }
 }

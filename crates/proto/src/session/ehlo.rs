@@ -9,6 +9,14 @@ impl Session {
         self.cfg.role != Role::Mx && self.tls
     }
 
+    /// The listener's mechanisms that work on this connection: -PLUS only
+    /// with channel-binding data.
+    pub(super) fn offered_mechanisms(&self) -> impl Iterator<Item = crate::sasl::Mechanism> + '_ {
+        self.cfg.mechanisms.iter().copied().filter(|m| {
+            *m != crate::sasl::Mechanism::ScramSha256Plus || self.channel_binding.is_some()
+        })
+    }
+
     fn starttls_offered(&self) -> bool {
         self.cfg.starttls && !self.tls && self.cfg.role != Role::Submissions
     }
@@ -28,8 +36,9 @@ impl Session {
             if self.starttls_offered() {
                 ext.push("STARTTLS".to_owned());
             }
-            if self.auth_offered() && self.auth_user.is_none() {
-                ext.push("AUTH PLAIN LOGIN".to_owned());
+            let names: Vec<&str> = self.offered_mechanisms().map(|m| m.name()).collect();
+            if self.auth_offered() && self.auth_user.is_none() && !names.is_empty() {
+                ext.push(format!("AUTH {}", names.join(" ")));
             }
             Reply::ehlo(&self.cfg.hostname, &name, &ext)
         } else {

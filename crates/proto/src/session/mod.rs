@@ -13,6 +13,7 @@ mod ehlo;
 mod envelope;
 mod input;
 mod quota;
+mod sasl_mechs;
 
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,9 @@ use crate::address::{ForwardPath, Mailbox, ReversePath};
 use crate::command::{Command, MailParams, parse_command};
 use crate::data::BodyDecoder;
 use crate::reply::Reply;
-use crate::sasl::Credentials;
+use crate::sasl::scram::ScramKeys;
+use crate::sasl::{CredentialRef, Credentials, Mechanism, Secret};
+use sasl_mechs::{PendingSecrets, SaslAfter, SaslStep};
 
 /// Which listener the session serves; decides what is offered and required.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +56,18 @@ pub struct SessionConfig {
     pub max_auth_failures: u32,
     /// Whether STARTTLS can be offered (a certificate is loaded).
     pub starttls: bool,
+    /// SASL mechanisms offered after TLS, in EHLO order (issue 6); others
+    /// get `504 5.5.4`.
+    pub mechanisms: Vec<Mechanism>,
 }
 
 /// RFC 4954 4: the longest SASL response line we accept (12288 + CRLF).
 const MAX_SASL_LINE: usize = 12290;
+
+/// Whether a command line is `AUTH <mechanism> <initial response>`.
+fn is_auth_command(line: &[u8]) -> bool {
+    line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
+}
 
 /// Something the driver must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,6 +84,13 @@ pub enum Action {
     StartTls,
     /// Check these credentials, then call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// A challenge-response mechanism (SCRAM-SHA-256, CRAM-MD5) needs the
+    /// stored keys of `username`: call [`Session::secrets_result`]. Unknown
+    /// users must get plausible fake keys (same shape), not an error.
+    LookupSecrets {
+        mechanism: Mechanism,
+        username: String,
+    },
     /// Look up this recipient, then call [`Session::recipient_result`].
     CheckRecipient(Mailbox),
     /// Open a spool file for this envelope; message bytes follow.
@@ -109,6 +127,23 @@ pub enum AuthOutcome {
     Failed,
     /// A 2FA account used its main password (534 5.7.9).
     AppPasswordRequired,
+    /// The store is unavailable (454 4.7.0).
+    TemporaryFailure,
+}
+
+/// Result of `Action::LookupSecrets`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaslSecrets {
+    /// SCRAM: the salt and iteration count to send, and every credential of
+    /// the account whose keys were derived with them (none for an unknown
+    /// user: the exchange then fails at the proof, as for a wrong password).
+    Scram {
+        salt: Vec<u8>,
+        iterations: u32,
+        candidates: Vec<(CredentialRef, ScramKeys)>,
+    },
+    /// CRAM-MD5: the shared secrets of the credentials that allow it.
+    Cram(Vec<(CredentialRef, Secret)>),
     /// The store is unavailable (454 4.7.0).
     TemporaryFailure,
 }
@@ -210,13 +245,6 @@ struct Transaction {
 }
 
 #[derive(Debug)]
-enum SaslStep {
-    PlainResponse,
-    LoginUsername,
-    LoginPassword { username: String },
-}
-
-#[derive(Debug)]
 enum BdatSink {
     Message,
     /// Read and drop the chunk, then send this reply (RFC 3030: a rejected
@@ -228,6 +256,7 @@ enum BdatSink {
 enum Awaiting {
     Tls,
     Auth,
+    Secrets(Box<PendingSecrets>),
     Recipient(Mailbox),
     Quota(ForwardPath),
     Sender(Box<(ReversePath, MailParams)>),
@@ -267,6 +296,12 @@ pub struct Session {
     /// Per-account overrides from the sending plan (tighter wins).
     account_max_recipients: Option<usize>,
     account_max_message_size: Option<u64>,
+    /// Entropy for SCRAM nonces and CRAM-MD5 challenges (from the driver).
+    nonce_seed: Option<[u8; 32]>,
+    nonce_counter: u64,
+    sasl_after: SaslAfter,
+    /// RFC 9266 `tls-exporter` data of this connection's TLS (TLS 1.3).
+    channel_binding: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -286,7 +321,25 @@ impl Session {
             auth_failures: 0,
             account_max_recipients: None,
             account_max_message_size: None,
+            nonce_seed: None,
+            nonce_counter: 0,
+            sasl_after: SaslAfter::default(),
+            channel_binding: None,
         }
+    }
+
+    /// The `tls-exporter` channel binding of the TLS connection (call after
+    /// `tls_started`, or at the start for implicit TLS). Enables
+    /// SCRAM-SHA-256-PLUS when it is in the mechanism list.
+    pub fn set_channel_binding(&mut self, data: Option<Vec<u8>>) {
+        self.channel_binding = data;
+    }
+
+    /// Gives the session 32 random bytes from which it derives SCRAM server
+    /// nonces and CRAM-MD5 challenges. Without it those mechanisms answer
+    /// `454 4.7.0` (fail safe rather than use a guessable nonce).
+    pub fn seed_nonces(&mut self, seed: [u8; 32]) {
+        self.nonce_seed = Some(seed);
     }
 
     /// The 220 greeting the driver sends first.
@@ -346,7 +399,18 @@ impl Session {
                 self.state = State::Closed;
                 Some(Action::SendAndClose(Reply::internal_error()))
             }
-            State::Command => match self.input.next_line(self.cfg.max_command_line) {
+            // RFC 4954 4: an AUTH command with an initial response (a bearer
+            // token, say) may be as long as a SASL response line.
+            State::Command => match self
+                .input
+                .next_line(self.cfg.max_command_line.max(MAX_SASL_LINE))
+            {
+                input::LineEvent::Line(line)
+                    if line.len() + 2 > self.cfg.max_command_line && !is_auth_command(&line) =>
+                {
+                    self.reply(Reply::line_too_long());
+                    None
+                }
                 input::LineEvent::Line(line) => {
                     self.handle_command_line(&line);
                     None
@@ -472,6 +536,7 @@ impl Session {
     /// RFC 3207 4.2: forget everything learned before TLS.
     pub fn tls_started(&mut self) {
         self.tls = true;
+        self.channel_binding = None;
         self.helo = None;
         self.auth_user = None;
         self.account_max_recipients = None;

@@ -5,7 +5,8 @@
 // the crate's types unqualified: the including module imports `Action`,
 // `AuthOutcome`, `Credentials`, `Domain`, `EnqueueOutcome`, `Envelope`,
 // `Mailbox`, `QuotaOutcome`, `RecipientStatus`, `Reply`, `Role`, `SenderVerdict`,
-// `Session` and `SessionConfig`.
+// `Session`, `SessionConfig`, `SaslSecrets`, `CredentialRef`, `Mechanism`,
+// `Secret`, `Verification` and the module `scram`.
 //
 // The driver follows the contract of `session/mod.rs`: push bytes, poll until
 // `NeedInput` / `Close` / `SendAndClose`, answering `Authenticate`,
@@ -43,6 +44,38 @@ pub fn config(role: Role) -> SessionConfig {
         max_errors: 20,
         max_auth_failures: 3,
         starttls: true,
+        mechanisms: Mechanism::DEFAULTS.to_vec(),
+    }
+}
+
+/// SCRAM iterations in the scripted store (low: tests stay fast).
+pub const SCRAM_ITERATIONS: u32 = 16;
+pub const SCRAM_SALT: &[u8] = b"scripted-salt";
+/// The bearer token the scripted auth service accepts for ALICE.
+pub const ALICE_TOKEN: &str = "alice-token";
+
+/// What the scripted store answers to `LookupSecrets`.
+pub fn sasl_secrets(mechanism: Mechanism, username: &str) -> SaslSecrets {
+    let keys = |pw: &str| scram::derive_keys(pw.as_bytes(), SCRAM_SALT, SCRAM_ITERATIONS);
+    match (mechanism, username) {
+        (_, DOWN) => SaslSecrets::TemporaryFailure,
+        (Mechanism::CramMd5, ALICE) => SaslSecrets::Cram(vec![(
+            CredentialRef::App("legacy".into()),
+            Secret::new(ALICE_PASSWORD.into()),
+        )]),
+        (Mechanism::CramMd5, _) => SaslSecrets::Cram(Vec::new()),
+        (_, user) => SaslSecrets::Scram {
+            salt: SCRAM_SALT.to_vec(),
+            iterations: SCRAM_ITERATIONS,
+            candidates: match user {
+                ALICE => vec![(CredentialRef::Main, keys(ALICE_PASSWORD))],
+                TWOFA => vec![
+                    (CredentialRef::Main, keys(TWOFA_MAIN_PASSWORD)),
+                    (CredentialRef::App("phone".into()), keys(TWOFA_APP_PASSWORD)),
+                ],
+                _ => Vec::new(),
+            },
+        },
     }
 }
 
@@ -59,6 +92,20 @@ pub fn plain(authzid: &str, user: &str, password: &str) -> String {
 /// What the scripted auth service answers.
 pub fn auth_outcome(creds: &Credentials) -> AuthOutcome {
     let password = creds.password.expose();
+    let success = |user: &str| AuthOutcome::Success {
+        user: user.to_owned(),
+    };
+    match (&creds.verification, creds.username.as_str()) {
+        (Verification::Password, _) => {}
+        (_, DOWN) => return AuthOutcome::TemporaryFailure,
+        (Verification::Token, ALICE | "") if password == ALICE_TOKEN => return success(ALICE),
+        (Verification::Token, _) => return AuthOutcome::Failed,
+        (Verification::Matched(Some(CredentialRef::Main)), TWOFA) => {
+            return AuthOutcome::AppPasswordRequired;
+        }
+        (Verification::Matched(Some(_)), user) => return success(user),
+        (Verification::Matched(None), _) => return AuthOutcome::Failed,
+    }
     match creds.username.as_str() {
         ALICE if password == ALICE_PASSWORD => AuthOutcome::Success {
             user: ALICE.to_owned(),
@@ -97,6 +144,8 @@ pub enum Event {
     StartTls,
     /// `Authenticate` with this username.
     Authenticate(String),
+    /// `LookupSecrets` for this username.
+    LookupSecrets(String),
     /// `CheckRecipient` for this address.
     CheckRecipient(String),
     BeginMessage,
@@ -156,7 +205,8 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(cfg: SessionConfig, tls: bool) -> Driver {
-        let session = Session::new(cfg, tls);
+        let mut session = Session::new(cfg, tls);
+        session.seed_nonces([7; 32]);
         let greeting = String::from_utf8(session.greeting().to_bytes()).unwrap_or_default();
         let mut d = Driver {
             session,
@@ -279,6 +329,14 @@ impl Driver {
                     let outcome = auth_outcome(&creds);
                     self.credentials.push(creds);
                     self.session.auth_result(outcome);
+                }
+                Action::LookupSecrets {
+                    mechanism,
+                    username,
+                } => {
+                    self.events.push(Event::LookupSecrets(username.clone()));
+                    self.session
+                        .secrets_result(sasl_secrets(mechanism, &username));
                 }
                 Action::CheckRecipient(mailbox) => {
                     self.events.push(Event::CheckRecipient(mailbox.to_string()));

@@ -4,9 +4,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use portcullis_proto::address::{Domain, Mailbox};
+use portcullis_proto::sasl::scram;
 use portcullis_proto::{
-    Action, AuthOutcome, Credentials, EnqueueOutcome, Envelope, QuotaOutcome, RecipientStatus,
-    Reply, Role, SenderVerdict, Session, SessionConfig,
+    Action, AuthOutcome, CredentialRef, Credentials, EnqueueOutcome, Envelope, Mechanism,
+    QuotaOutcome, RecipientStatus, Reply, Role, SaslSecrets, Secret, SenderVerdict, Session,
+    SessionConfig, Verification,
 };
 
 include!("harness.rs");

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub hostname: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub default_plan: Option<String>,
+    pub secret_key_file: Option<PathBuf>,
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
@@ -36,6 +37,8 @@ pub(super) struct RawConfig {
     pub plans: BTreeMap<String, RawPlan>,
     #[serde(default)]
     pub delivery: super::delivery::RawDelivery,
+    #[serde(default)]
+    pub oauth: super::auth::RawOAuth,
     #[serde(default)]
     pub domains: super::mail_auth::RawDomains,
     #[serde(default)]
@@ -79,6 +82,7 @@ pub(super) struct RawListener {
     pub idle_timeout: Option<DurationValue>,
     pub session_timeout: Option<DurationValue>,
     pub max_errors: Option<u32>,
+    pub mechanisms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

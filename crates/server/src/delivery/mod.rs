@@ -31,6 +31,8 @@ const CLAIM_BATCH: u32 = 1000;
 /// Longest sleep between queue scans when nothing is due (picks up
 /// `portcullis queue retry|bounce` made by another process).
 const IDLE_SCAN: Duration = Duration::from_secs(5);
+/// How long a stop waits for deliveries under way before abandoning them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Alias rewrites of one recipient before we call it a loop.
 const MAX_ALIAS_HOPS: u32 = 10;
 
@@ -70,6 +72,8 @@ pub struct QueueManager {
     relay_verify: Option<Arc<rustls::ClientConfig>>,
     relay_auth: Option<(String, Arc<Zeroizing<String>>)>,
     wake: Arc<Notify>,
+    /// `max_connections`: outbound sessions at once, over all destinations.
+    global: Arc<Semaphore>,
     per_destination: Mutex<HashMap<Route, Arc<Semaphore>>>,
 }
 
@@ -102,6 +106,7 @@ impl QueueManager {
         wake: Arc<Notify>,
     ) -> Result<QueueManager, DeliveryError> {
         let d = &config.delivery;
+        let max_connections = d.max_connections;
         let resolver = MxResolver::new(&d.dns_servers).map_err(DeliveryError::Resolver)?;
         let opportunistic =
             client::opportunistic_tls().map_err(|e| DeliveryError::Tls(e.to_string()))?;
@@ -147,6 +152,7 @@ impl QueueManager {
             relay_verify,
             relay_auth,
             wake,
+            global: Arc::new(Semaphore::new(max_connections)),
             per_destination: Mutex::new(HashMap::new()),
         })
     }
@@ -156,8 +162,9 @@ impl QueueManager {
     }
 
     /// Delivers until `shutdown` turns true. Attempts under way at shutdown
-    /// are abandoned; their recipients stay in flight and are retried at the
-    /// next start (at-least-once).
+    /// get [`SHUTDOWN_GRACE`] to finish; then they are abandoned, their
+    /// recipients stay in flight and are retried at the next start
+    /// (at-least-once).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         match self.store.release_in_flight().await {
             Ok(0) => {}
@@ -238,8 +245,12 @@ impl QueueManager {
                     let me = Arc::clone(&self);
                     let route = route.clone();
                     let sem = Arc::clone(&sem);
+                    let global = Arc::clone(&self.global);
                     tasks.spawn(async move {
                         let Ok(_permit) = sem.acquire_owned().await else {
+                            return;
+                        };
+                        let Ok(_global) = global.acquire_owned().await else {
                             return;
                         };
                         me.deliver_group(route, bucket).await;
@@ -247,8 +258,20 @@ impl QueueManager {
                 }
             }
         }
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        // Let attempts under way finish (so a graceful stop does not cause
+        // a second copy at the next start), within a bound.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(
+                tasks = tasks.len(),
+                "stopping deliveries still under way; they are retried at the next start"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
     }
 
     fn destination_semaphore(&self, route: &Route, cap: usize) -> Arc<Semaphore> {

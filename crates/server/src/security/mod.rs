@@ -7,4 +7,5 @@ pub mod audit;
 pub mod bans;
 pub mod bruteforce;
 pub mod policy;
+pub mod saslkeys;
 pub mod totp;

@@ -176,9 +176,24 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL
     );
     "#,
-    // Sending domains (issue 7): DKIM key pairs. Each pair (Ed25519 + RSA)
-    // shares a tag; selectors are the tag plus 'e' or 'r'. The private key is
-    // the PKCS#8 DER (Ed25519) or PKCS#1 DER (RSA) document.
+    // 6 (issue 6): SCRAM-SHA-256 keys (RFC 5802: salt, iterations, StoredKey,
+    // ServerKey) for the main password and each app password, and the
+    // sealed CRAM-MD5 secret of app passwords that opted in. Existing
+    // credentials get SCRAM keys when their password is next set.
+    r#"
+    ALTER TABLE accounts ADD COLUMN scram_salt BLOB;
+    ALTER TABLE accounts ADD COLUMN scram_iterations INTEGER;
+    ALTER TABLE accounts ADD COLUMN scram_stored_key BLOB;
+    ALTER TABLE accounts ADD COLUMN scram_server_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_salt BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_iterations INTEGER;
+    ALTER TABLE app_passwords ADD COLUMN scram_stored_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN scram_server_key BLOB;
+    ALTER TABLE app_passwords ADD COLUMN cram_secret BLOB;
+    "#,
+    // 7 (issue 7): sending domains' DKIM key pairs. Each pair (Ed25519 +
+    // RSA) shares a tag; selectors are the tag plus 'e' or 'r'. The private
+    // key is a PKCS#8 DER document (both algorithms).
     r#"
     CREATE TABLE IF NOT EXISTS dkim_keys (
         domain       TEXT NOT NULL REFERENCES domains (name) ON DELETE CASCADE,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use portcullis_store::password::hash_password;
 use portcullis_store::{
     AccountStatus, AppPassword, AuthEvent, AuthEventFilter, Ban, DeliveryEvent, DeliveryStatus,
-    NewMessage, QueueEntry, QueuedMessage, RecipientOutcome, Store, StoreError,
+    NewMessage, QueueEntry, QueuedMessage, RecipientOutcome, ScramCredential, Store, StoreError,
 };
 
 // ---------------------------------------------------------------------------
@@ -3032,6 +3032,147 @@ pub async fn suite_aliases(store: Arc<dyn Store>) {
     );
     assert_invalid(store.remove_alias("not an alias").await, "malformed alias");
     assert_eq!(store.list_aliases().await.unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// issue 6: SCRAM-SHA-256 keys and sealed CRAM-MD5 secrets
+// ---------------------------------------------------------------------------
+
+pub fn scram(byte: u8) -> ScramCredential {
+    ScramCredential {
+        salt: vec![byte; 16],
+        iterations: 4096,
+        stored_key: vec![byte; 32],
+        server_key: vec![byte.wrapping_add(1); 32],
+    }
+}
+
+pub async fn suite_scram_and_cram_keys(store: Arc<dyn Store>) {
+    store
+        .add_account("sam@example.com", &hash("pw one"), "default")
+        .await
+        .unwrap();
+    // A new account has no SCRAM keys (nothing to log in with by SCRAM).
+    assert!(
+        store
+            .scram_keys("sam@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .set_scram_keys("SAM@example.com", Some(&scram(1)))
+        .await
+        .unwrap();
+    store
+        .add_app_password("sam@example.com", "zeta", &digest(2), None, &[])
+        .await
+        .unwrap();
+    store
+        .add_app_password("sam@example.com", "alpha", &digest(3), None, &[])
+        .await
+        .unwrap();
+    store
+        .set_app_password_keys("sam@example.com", "ZETA", Some(&scram(2)), None)
+        .await
+        .unwrap();
+    store
+        .set_app_password_keys("sam@example.com", "alpha", Some(&scram(3)), Some(b"sealed"))
+        .await
+        .unwrap();
+    let keys = store.scram_keys("sam@example.com").await.unwrap();
+    let names: Vec<Option<&str>> = keys.iter().map(|k| k.app_password.as_deref()).collect();
+    assert_eq!(
+        names,
+        [None, Some("alpha"), Some("zeta")],
+        "main first, then by name"
+    );
+    assert_eq!(keys[0].keys, scram(1));
+    assert_eq!(keys[2].keys, scram(2));
+    assert!(!format!("{keys:?}").contains("[1, 1"), "keys never print");
+
+    let cram = store.cram_secrets("sam@example.com").await.unwrap();
+    assert_eq!(cram.len(), 1);
+    assert_eq!(cram[0].app_password, "alpha");
+    assert_eq!(cram[0].sealed, b"sealed");
+    // Re-keying SCRAM keeps the CRAM secret unless a new one is given.
+    store
+        .set_app_password_keys("sam@example.com", "alpha", Some(&scram(4)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cram_secrets("sam@example.com").await.unwrap().len(),
+        1
+    );
+
+    // A password change clears the main password's SCRAM keys.
+    store
+        .set_password_hash("sam@example.com", &hash("pw two"))
+        .await
+        .unwrap();
+    let keys = store.scram_keys("sam@example.com").await.unwrap();
+    assert!(keys.iter().all(|k| k.app_password.is_some()), "{keys:?}");
+    store.set_scram_keys("sam@example.com", None).await.unwrap();
+
+    // Revoking an app password drops its keys.
+    store
+        .revoke_app_password("sam@example.com", "alpha")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .cram_secrets("sam@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Errors.
+    let mut bad = scram(5);
+    bad.iterations = 100;
+    assert_invalid(
+        store.set_scram_keys("sam@example.com", Some(&bad)).await,
+        "few iterations",
+    );
+    let mut bad = scram(5);
+    bad.stored_key.pop();
+    assert_invalid(
+        store.set_scram_keys("sam@example.com", Some(&bad)).await,
+        "short key",
+    );
+    assert_invalid(
+        store
+            .set_app_password_keys("sam@example.com", "zeta", None, Some(b""))
+            .await,
+        "empty sealed secret",
+    );
+    assert_not_found(
+        store
+            .set_scram_keys("nobody@example.com", Some(&scram(1)))
+            .await,
+        "nobody@example.com",
+    );
+    assert_not_found(
+        store
+            .set_app_password_keys("sam@example.com", "nosuch", Some(&scram(1)), None)
+            .await,
+        "nosuch",
+    );
+    assert_not_found(
+        store
+            .set_app_password_keys("nobody@example.com", "zeta", Some(&scram(1)), None)
+            .await,
+        "nobody@example.com",
+    );
+    assert!(
+        store
+            .scram_keys("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.scram_keys("garbage").await.unwrap().is_empty());
+    assert!(store.cram_secrets("garbage").await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------
