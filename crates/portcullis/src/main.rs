@@ -11,6 +11,7 @@ mod check;
 mod common;
 mod config;
 mod domain;
+mod domain_dns;
 mod logging;
 mod plan;
 mod queue;

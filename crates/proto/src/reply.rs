@@ -331,6 +331,15 @@ impl Reply {
             "Message rejected: header From: address not owned by user",
         )
     }
+    /// RFC 7489 6.6.3: the From: domain's DMARC policy is `p=reject` and
+    /// the message failed it (issue 7, `[inbound] enforce_dmarc`).
+    pub fn dmarc_reject() -> Reply {
+        r(
+            550,
+            (5, 7, 1),
+            "Message rejected: DMARC policy of the From: domain says reject",
+        )
+    }
     pub fn relay_denied() -> Reply {
         r(554, (5, 7, 1), "Relay access denied")
     }

@@ -10,6 +10,7 @@
 
 mod auth;
 mod delivery;
+mod mail_auth;
 mod raw;
 mod units;
 
@@ -30,6 +31,7 @@ pub use auth::{
     IssuerConfig, JwksSource, JwtAlgorithm, OAuthConfig, SECRET_KEY_ENV, secret_key_configured,
 };
 pub use delivery::{DeliveryConfig, DestinationConfig, LocalTransport, RelayConfig, TlsPolicy};
+pub use mail_auth::{DomainsConfig, InboundConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// What every value of a `*_secret` key prints as in [`Config::to_toml_redacted`].
@@ -63,6 +65,10 @@ pub struct Config {
     pub secret_key_file: Option<PathBuf>,
     /// Bearer-token issuers for XOAUTH2 / OAUTHBEARER (issue 6).
     pub oauth: OAuthConfig,
+    /// `[domains]`: sending domains (SPF addresses, MX).
+    pub domains: DomainsConfig,
+    /// `[inbound]`: SPF/DKIM/DMARC on the smtp listener.
+    pub inbound: InboundConfig,
 }
 
 /// A sending plan: the limits of every account on it.
@@ -497,6 +503,8 @@ impl Config {
             delivery: DeliveryConfig::defaults(),
             secret_key_file: None,
             oauth: OAuthConfig::default(),
+            domains: DomainsConfig::defaults(),
+            inbound: InboundConfig::defaults(),
         }
     }
 
@@ -700,6 +708,8 @@ impl Config {
             config.default_plan = name;
         }
         config.delivery = delivery::resolve(raw.delivery)?;
+        config.domains = mail_auth::resolve_domains(raw.domains)?;
+        config.inbound = mail_auth::resolve_inbound(raw.inbound);
         Ok(config)
     }
 
@@ -970,6 +980,8 @@ impl Config {
                 })
                 .collect(),
             delivery: delivery::to_raw(&self.delivery),
+            domains: mail_auth::domains_to_raw(&self.domains),
+            inbound: mail_auth::inbound_to_raw(&self.inbound),
         }
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub mail_rate: Option<Gcra>,
     /// Per-IP new connections per minute, all listeners.
     pub connection_rate: Option<Gcra>,
+    /// Inbound SPF/DKIM/DMARC (issue 7); `None` when `[inbound] verify` is off.
+    pub mail_auth: Option<mail_auth::MessageAuthenticator>,
 }
 
 /// How a session ended (for the log).
@@ -121,8 +123,8 @@ struct Driver {
     channel_binding: Option<Vec<u8>>,
     /// The sending plan read at the first RCPT of the current transaction.
     tx_plan: Option<(String, crate::config::Plan)>,
-    /// The header block of the current message, kept only when the header
-    /// From: check applies (authenticated session, check enabled).
+    /// The header block of the current message, kept in authenticated
+    /// sessions (header From: check, fix-ups and DKIM signing).
     headers: Option<HeaderCapture>,
 }
 
@@ -306,9 +308,7 @@ impl Driver {
                     if let Some(old) = self.spool.take() {
                         self.shared.spool.abort(old).await;
                     }
-                    self.headers = (envelope.auth_user.is_some()
-                        && self.shared.auth.check_header_from())
-                    .then(HeaderCapture::default);
+                    self.headers = envelope.auth_user.is_some().then(HeaderCapture::default);
                     self.spool = Some(self.shared.spool.begin(envelope, origin).await);
                 }
                 Action::MessageData(data) => {
@@ -325,12 +325,17 @@ impl Driver {
                         .as_ref()
                         .map(|(_, s)| s.clone())
                         .unwrap_or_default();
-                    let refused = match (self.headers.take(), session.authenticated_user()) {
-                        (Some(h), Some(user)) => {
+                    let headers = self.headers.take();
+                    let refused = match (&headers, session.authenticated_user()) {
+                        (Some(h), Some(user)) if self.shared.auth.check_header_from() => {
                             let user = user.to_owned();
                             header_from_refusal(&self.shared, &user, &h.buf).await
                         }
                         _ => None,
+                    };
+                    let refused = match refused {
+                        Some(r) => Some(r),
+                        None => self.before_commit(headers.as_ref()).await,
                     };
                     let outcome = match (self.spool.take(), refused) {
                         (Some(w), Some(outcome)) => {
@@ -356,6 +361,39 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Issue 7: fix-ups and DKIM signing of submitted mail, SPF/DKIM/DMARC
+    /// of inbound mail; `Some` when the message must not be queued.
+    async fn before_commit(
+        &mut self,
+        headers: Option<&HeaderCapture>,
+    ) -> Option<portcullis_proto::EnqueueOutcome> {
+        let writer = self.spool.as_mut()?;
+        let result = match headers {
+            Some(h) => {
+                crate::mail_auth::prepare_submission(
+                    &*self.shared.store,
+                    &self.shared.hostname,
+                    writer,
+                    &h.buf,
+                )
+                .await
+            }
+            None => match &self.shared.mail_auth {
+                Some(auth) if self.listener.role == crate::config::ListenerRole::Smtp => {
+                    crate::mail_auth::check_inbound(
+                        auth,
+                        &self.shared.config,
+                        self.peer.ip(),
+                        writer,
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            },
+        };
+        result.err()
     }
 
     fn release_quota(&mut self) {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 mod conn;
 pub mod delivery;
+pub mod mail_auth;
 pub mod oauth;
 pub mod quota;
 pub mod secretbox;

@@ -167,7 +167,21 @@ impl Server {
         if let Err(e) = auth.seed_usual_ips().await {
             tracing::warn!(error = %e, "cannot restore usual login addresses from the audit");
         }
+        // Issue 7: inbound SPF/DKIM/DMARC. Without a resolver, inbound mail
+        // is accepted without Authentication-Results rather than refused.
+        let mail_auth = if config.inbound.verify {
+            match crate::mail_auth::resolver::authenticator(&config.delivery.dns_servers) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no DNS resolver: inbound mail is not verified");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
+            mail_auth,
             quota,
             mail_rate: Gcra::per_minute(throttle.smtp_messages_per_minute, throttle.burst),
             connection_rate: Gcra::per_minute(throttle.connections_per_minute, throttle.burst),

@@ -39,6 +39,9 @@ pub struct SpoolWriter {
     envelope: Envelope,
     origin: Origin,
     size: u64,
+    /// Length of the Received header at the start of the file: the
+    /// client's message starts here.
+    body_offset: u64,
     /// The first I/O error; reported at commit time.
     failed: Option<std::io::Error>,
 }
@@ -82,6 +85,7 @@ impl Spool {
             envelope,
             origin,
             size: 0,
+            body_offset: 0,
             failed: None,
         };
         match tokio::fs::File::create(&writer.tmp_path).await {
@@ -90,6 +94,7 @@ impl Spool {
         }
         let header = received_header(&writer.id, &writer.envelope, &writer.origin);
         writer.write(header.as_bytes()).await;
+        writer.body_offset = writer.size;
         writer
     }
 
@@ -259,6 +264,99 @@ impl SpoolWriter {
             match f.write_all(data).await {
                 Ok(()) => self.size += data.len() as u64,
                 Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+}
+
+impl SpoolWriter {
+    /// The envelope of the message being written.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Flushes what was written and returns the unfinished file's path and
+    /// where the client's message starts in it (after our Received header),
+    /// so the message can be read back before commit (DKIM signing, inbound
+    /// verification). `None` after a write error (commit reports it).
+    pub async fn readable(&mut self) -> Option<(PathBuf, u64)> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let file = self.file.as_mut()?;
+        if let Err(e) = file.flush().await {
+            self.failed = Some(e);
+            return None;
+        }
+        Some((self.tmp_path.clone(), self.body_offset))
+    }
+
+    /// Inserts `headers` (complete CRLF-terminated fields) between our
+    /// Received header and the client's message, by copying the file; the
+    /// copy replaces the unfinished file, and commit makes it durable. Used
+    /// only for messages that get headers added, so other mail is not
+    /// copied.
+    pub async fn insert_headers(&mut self, headers: &[u8]) {
+        if headers.is_empty() || self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.rewrite(headers, None).await {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Like [`SpoolWriter::insert_headers`], but the client's message is
+    /// replaced by `message` (inbound mail whose forged
+    /// Authentication-Results fields were renamed).
+    pub async fn replace_message(&mut self, headers: &[u8], message: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.rewrite(headers, Some(message)).await {
+            self.failed = Some(e);
+        }
+    }
+
+    async fn rewrite(&mut self, headers: &[u8], message: Option<&[u8]>) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Some(mut old) = self.file.take() else {
+            return Err(std::io::Error::other("spool file is not open"));
+        };
+        old.flush().await?;
+        drop(old);
+        let copy_path = self.tmp_path.with_extension("hdr");
+        let result = async {
+            let mut src = tokio::fs::File::open(&self.tmp_path).await?;
+            let mut dst = tokio::fs::File::create(&copy_path).await?;
+            let mut received = vec![0u8; usize::try_from(self.body_offset).unwrap_or(0)];
+            src.read_exact(&mut received).await?;
+            dst.write_all(&received).await?;
+            dst.write_all(headers).await?;
+            match message {
+                Some(m) => dst.write_all(m).await?,
+                None => {
+                    src.seek(std::io::SeekFrom::Start(self.body_offset)).await?;
+                    tokio::io::copy(&mut src, &mut dst).await?;
+                }
+            }
+            tokio::fs::rename(&copy_path, &self.tmp_path).await?;
+            Ok::<_, std::io::Error>(dst)
+        }
+        .await;
+        match result {
+            Ok(dst) => {
+                self.file = Some(dst);
+                self.size = self.body_offset
+                    + headers.len() as u64
+                    + match message {
+                        Some(m) => m.len() as u64,
+                        None => self.size - self.body_offset,
+                    };
+                Ok(())
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&copy_path).await;
+                Err(e)
             }
         }
     }

@@ -448,6 +448,108 @@ pub struct Alias {
 /// The storage contract. Addresses and domains are compared case-insensitively:
 /// every method normalises its input (ASCII lowercase, surrounding whitespace
 /// trimmed) before use, and everything returned is normalised.
+/// Where a DKIM key pair is in its rotation (issue 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkimKeyState {
+    /// Published (or about to be), not yet signing.
+    Pending,
+    /// Signs outgoing mail. At most one tag per domain.
+    Active,
+    /// No longer signs; its DNS records stay until it is removed.
+    Retired,
+}
+
+impl DkimKeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DkimKeyState::Pending => "pending",
+            DkimKeyState::Active => "active",
+            DkimKeyState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DkimKeyState> {
+        match text {
+            "pending" => Some(DkimKeyState::Pending),
+            "active" => Some(DkimKeyState::Active),
+            "retired" => Some(DkimKeyState::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// A DKIM signing algorithm (RFC 6376 `rsa-sha256`, RFC 8463 `ed25519-sha256`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkimAlgorithm {
+    Ed25519,
+    Rsa,
+}
+
+impl DkimAlgorithm {
+    /// The `k=` tag value and the stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Ed25519 => "ed25519",
+            DkimAlgorithm::Rsa => "rsa",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DkimAlgorithm> {
+        match text {
+            "ed25519" => Some(DkimAlgorithm::Ed25519),
+            "rsa" => Some(DkimAlgorithm::Rsa),
+            _ => None,
+        }
+    }
+}
+
+/// A DKIM key to store. `private_key` is secret: never log it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewDkimKey {
+    pub selector: String,
+    pub tag: String,
+    pub algorithm: DkimAlgorithm,
+    /// PKCS#8 DER (both algorithms).
+    pub private_key: Vec<u8>,
+    /// The bytes published in `p=` (raw 32 bytes for Ed25519, DER
+    /// SubjectPublicKeyInfo for RSA).
+    pub public_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewDkimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDkimKey")
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored DKIM key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DkimKey {
+    pub domain: String,
+    pub selector: String,
+    pub tag: String,
+    pub algorithm: DkimAlgorithm,
+    pub private_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub state: DkimKeyState,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for DkimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimKey")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates an active account with the given Argon2id hash and plan. The
@@ -718,4 +820,27 @@ pub trait Store: Send + Sync + 'static {
     /// The sealed CRAM-MD5 secrets of the account's app passwords that have
     /// one, by name. Empty for an unknown or malformed account.
     async fn cram_secrets(&self, account: &str) -> Result<Vec<CramSecret>>;
+
+    // --- Sending domains (issue 7) ------------------------------------------
+
+    /// Stores a new DKIM key pair (`keys`, all with the same `tag`) for the
+    /// local domain `domain` in one transaction. The pair becomes `Active`
+    /// when the domain has no active key, `Pending` otherwise; the state
+    /// given is returned. `NotFound(domain)` if it is not a local domain,
+    /// `AlreadyExists(selector)` if a selector is taken, `Invalid` if `keys`
+    /// is empty, the tags differ, or a selector is not a DNS label.
+    async fn add_dkim_keys(&self, domain: &str, keys: &[NewDkimKey]) -> Result<DkimKeyState>;
+
+    /// The DKIM keys of `domain` (normalised), ordered by tag then selector.
+    /// Empty for an unknown domain.
+    async fn dkim_keys(&self, domain: &str) -> Result<Vec<DkimKey>>;
+
+    /// Makes the pair `tag` of `domain` the one that signs: it becomes
+    /// `Active` and the previously active pair `Retired`, in one
+    /// transaction. `NotFound(tag)` if the domain has no such pair.
+    async fn activate_dkim_tag(&self, domain: &str, tag: &str) -> Result<()>;
+
+    /// Deletes the pair `tag` of `domain`. `NotFound(tag)` if absent;
+    /// `Invalid` if it is the active pair (activate another one first).
+    async fn remove_dkim_tag(&self, domain: &str, tag: &str) -> Result<()>;
 }

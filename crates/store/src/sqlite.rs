@@ -10,6 +10,7 @@
 
 mod connect;
 mod delivery;
+mod domains;
 mod schema;
 mod scram;
 mod security;
@@ -780,5 +781,25 @@ impl Store for SqliteStore {
 
     async fn cram_secrets(&self, account: &str) -> Result<Vec<CramSecret>> {
         self.cram_secrets_impl(account).await
+    }
+
+    async fn add_dkim_keys(
+        &self,
+        domain: &str,
+        keys: &[crate::NewDkimKey],
+    ) -> Result<crate::DkimKeyState> {
+        self.add_dkim_keys_impl(domain, keys).await
+    }
+
+    async fn dkim_keys(&self, domain: &str) -> Result<Vec<crate::DkimKey>> {
+        self.dkim_keys_impl(domain).await
+    }
+
+    async fn activate_dkim_tag(&self, domain: &str, tag: &str) -> Result<()> {
+        self.activate_dkim_tag_impl(domain, tag).await
+    }
+
+    async fn remove_dkim_tag(&self, domain: &str, tag: &str) -> Result<()> {
+        self.remove_dkim_tag_impl(domain, tag).await
     }
 }

@@ -324,6 +324,7 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
             "auth_events",
             "bans",
             "delivery_events",
+            "dkim_keys",
             "domains",
             "queue_messages",
             "queue_recipients",
@@ -632,4 +633,10 @@ async fn sqlite_upgrades_version_2() {
     );
     assert_eq!(store.list_bans(0).await.unwrap().len(), 1);
     assert_eq!(store.list_queue().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_dkim_keys() {
+    let (_dir, store) = fresh().await;
+    suite_dkim_keys(store).await;
 }

@@ -39,6 +39,10 @@ pub(super) struct RawConfig {
     pub delivery: super::delivery::RawDelivery,
     #[serde(default)]
     pub oauth: super::auth::RawOAuth,
+    #[serde(default)]
+    pub domains: super::mail_auth::RawDomains,
+    #[serde(default)]
+    pub inbound: super::mail_auth::RawInbound,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -191,6 +191,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE app_passwords ADD COLUMN scram_server_key BLOB;
     ALTER TABLE app_passwords ADD COLUMN cram_secret BLOB;
     "#,
+    // 7 (issue 7): sending domains' DKIM key pairs. Each pair (Ed25519 +
+    // RSA) shares a tag; selectors are the tag plus 'e' or 'r'. The private
+    // key is a PKCS#8 DER document (both algorithms).
+    r#"
+    CREATE TABLE IF NOT EXISTS dkim_keys (
+        domain       TEXT NOT NULL REFERENCES domains (name) ON DELETE CASCADE,
+        selector     TEXT NOT NULL,
+        tag          TEXT NOT NULL,
+        algorithm    TEXT NOT NULL CHECK (algorithm IN ('ed25519', 'rsa')),
+        private_key  BLOB NOT NULL,
+        public_key   BLOB NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired')),
+        created_at   INTEGER NOT NULL,
+        PRIMARY KEY (domain, selector)
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -3174,3 +3174,139 @@ pub async fn suite_scram_and_cram_keys(store: Arc<dyn Store>) {
     assert!(store.scram_keys("garbage").await.unwrap().is_empty());
     assert!(store.cram_secrets("garbage").await.unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Sending domains (issue 7)
+// ---------------------------------------------------------------------------
+
+pub fn dkim_pair(tag: &str) -> Vec<portcullis_store::NewDkimKey> {
+    use portcullis_store::{DkimAlgorithm, NewDkimKey};
+    [("e", DkimAlgorithm::Ed25519), ("r", DkimAlgorithm::Rsa)]
+        .into_iter()
+        .map(|(suffix, algorithm)| NewDkimKey {
+            selector: format!("{tag}{suffix}"),
+            tag: tag.to_owned(),
+            algorithm,
+            private_key: format!("private {tag}{suffix}").into_bytes(),
+            public_key: format!("public {tag}{suffix}").into_bytes(),
+        })
+        .collect()
+}
+
+pub async fn dkim_states(store: &Arc<dyn Store>, domain: &str) -> Vec<(String, &'static str)> {
+    store
+        .dkim_keys(domain)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.selector, k.state.as_str()))
+        .collect()
+}
+
+/// DKIM key pairs: first pair active, later ones pending; activation retires
+/// the old pair; the active pair cannot be removed; keys go with the domain.
+pub async fn suite_dkim_keys(store: Arc<dyn Store>) {
+    use portcullis_store::{DkimAlgorithm, DkimKeyState};
+    assert_not_found(
+        store
+            .add_dkim_keys("example.org", &dkim_pair("pc202612"))
+            .await,
+        "example.org",
+    );
+    store.add_domain("example.org").await.unwrap();
+    assert_eq!(
+        store
+            .add_dkim_keys("Example.ORG", &dkim_pair("pc202612"))
+            .await
+            .unwrap(),
+        DkimKeyState::Active
+    );
+    let keys = store.dkim_keys("example.org").await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].selector, "pc202612e");
+    assert_eq!(keys[0].algorithm, DkimAlgorithm::Ed25519);
+    assert_eq!(keys[0].private_key, b"private pc202612e");
+    assert_eq!(keys[1].public_key, b"public pc202612r");
+    assert_eq!(keys[1].tag, "pc202612");
+    assert!(
+        !format!("{:?}", keys[0]).contains("private"),
+        "Debug hides the key"
+    );
+    assert_exists(
+        store
+            .add_dkim_keys("example.org", &dkim_pair("pc202612"))
+            .await,
+        "pc202612e",
+    );
+    assert_invalid(store.add_dkim_keys("example.org", &[]).await, "no keys");
+    assert_invalid(
+        store
+            .add_dkim_keys("example.org", &dkim_pair("bad.tag"))
+            .await,
+        "dotted selector",
+    );
+    let mut mixed = dkim_pair("pc1");
+    mixed[1].tag = "pc2".into();
+    assert_invalid(
+        store.add_dkim_keys("example.org", &mixed).await,
+        "mixed tags",
+    );
+
+    assert_eq!(
+        store
+            .add_dkim_keys("example.org", &dkim_pair("pc202701"))
+            .await
+            .unwrap(),
+        DkimKeyState::Pending
+    );
+    assert_eq!(
+        dkim_states(&store, "example.org").await,
+        [
+            ("pc202612e".to_owned(), "active"),
+            ("pc202612r".to_owned(), "active"),
+            ("pc202701e".to_owned(), "pending"),
+            ("pc202701r".to_owned(), "pending"),
+        ]
+    );
+    assert_not_found(store.activate_dkim_tag("example.org", "nope").await, "nope");
+    store
+        .activate_dkim_tag("example.org", "pc202701")
+        .await
+        .unwrap();
+    assert_eq!(
+        dkim_states(&store, "example.org").await,
+        [
+            ("pc202612e".to_owned(), "retired"),
+            ("pc202612r".to_owned(), "retired"),
+            ("pc202701e".to_owned(), "active"),
+            ("pc202701r".to_owned(), "active"),
+        ]
+    );
+    assert_invalid(
+        store.remove_dkim_tag("example.org", "pc202701").await,
+        "active pair",
+    );
+    store
+        .remove_dkim_tag("example.org", "pc202612")
+        .await
+        .unwrap();
+    assert_not_found(
+        store.remove_dkim_tag("example.org", "pc202612").await,
+        "pc202612",
+    );
+    assert_eq!(store.dkim_keys("example.org").await.unwrap().len(), 2);
+    assert!(store.dkim_keys("other.example").await.unwrap().is_empty());
+    assert!(store.dkim_keys("not a domain").await.unwrap().is_empty());
+
+    store.remove_domain("example.org").await.unwrap();
+    assert!(store.dkim_keys("example.org").await.unwrap().is_empty());
+    store.add_domain("example.org").await.unwrap();
+    assert_eq!(
+        store
+            .add_dkim_keys("example.org", &dkim_pair("pc202701"))
+            .await
+            .unwrap(),
+        DkimKeyState::Active,
+        "keys of a removed domain do not come back"
+    );
+}

@@ -1,0 +1,177 @@
+//! Sending domains and mail authentication (issue 7): DKIM keys and the DNS
+//! records to publish, DKIM signing of submitted mail, SPF/DKIM/DMARC
+//! verification of inbound mail, and `domain check`.
+//!
+//! The two hooks below run in the connection driver between the end of DATA
+//! and the spool commit; they read the unfinished spool file back and
+//! insert header fields before it is made durable. They never see or log a
+//! private key, and protocol decisions stay in `proto::Session` (a refusal
+//! is an `EnqueueOutcome`).
+
+pub mod check;
+pub mod inbound;
+pub mod keys;
+pub mod records;
+pub mod resolver;
+pub mod sign;
+
+use portcullis_proto::{EnqueueOutcome, Reply, ReversePath};
+use portcullis_store::{DkimKeyState, Store};
+
+use crate::config::Config;
+use crate::spool::SpoolWriter;
+
+/// The common domain of the From: addresses, if there is exactly one.
+fn from_domain(header_block: &[u8]) -> Option<String> {
+    let froms = portcullis_proto::header::from_addresses(header_block);
+    let mut domains = froms
+        .iter()
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+    let first = domains.next()?;
+    domains.all(|d| d == first).then_some(first)
+}
+
+/// Submission (authenticated sessions): RFC 6409 §8 fix-ups, then DKIM
+/// signatures with every active key of the From: domain when it is a local
+/// sending domain. `Err` is the reply to give instead of queueing.
+pub(crate) async fn prepare_submission(
+    store: &dyn Store,
+    hostname: &str,
+    writer: &mut SpoolWriter,
+    header_block: &[u8],
+) -> Result<(), EnqueueOutcome> {
+    let fixups = sign::fixup_headers(header_block, writer.id(), hostname);
+    let Some(domain) = from_domain(header_block) else {
+        writer.insert_headers(&fixups).await;
+        return Ok(());
+    };
+    let stored = match store.dkim_keys(&domain).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::error!(error = %e, domain, "DKIM key lookup failed");
+            return Err(EnqueueOutcome::TemporaryFailure);
+        }
+    };
+    let mut keys = Vec::new();
+    for key in stored.iter().filter(|k| k.state == DkimKeyState::Active) {
+        match keys::SigningKey::load(key) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                tracing::error!(error = %e, domain, "cannot load DKIM key");
+                return Err(EnqueueOutcome::TemporaryFailure);
+            }
+        }
+    }
+    if keys.is_empty() {
+        writer.insert_headers(&fixups).await;
+        return Ok(());
+    }
+    let Some((path, offset)) = writer.readable().await else {
+        // The write error is reported by commit.
+        return Ok(());
+    };
+    let selectors: Vec<String> = keys.iter().map(|k| k.selector.clone()).collect();
+    let prefix = fixups.clone();
+    let sign_domain = domain.clone();
+    let signed = tokio::task::spawn_blocking(move || {
+        sign::sign_file(&path, offset, &prefix, &sign_domain, keys)
+    })
+    .await;
+    match signed {
+        Ok(Ok(mut headers)) => {
+            tracing::info!(
+                target: "portcullis::mail",
+                event = "dkim_signed",
+                queue_id = writer.id(),
+                domain,
+                selectors = selectors.join(","),
+                "message signed"
+            );
+            headers.extend_from_slice(&fixups);
+            writer.insert_headers(&headers).await;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, domain, "DKIM signing failed");
+            Err(EnqueueOutcome::TemporaryFailure)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, domain, "DKIM signing task failed");
+            Err(EnqueueOutcome::TemporaryFailure)
+        }
+    }
+}
+
+/// Inbound (smtp listener, unauthenticated): SPF, DKIM and DMARC, an
+/// Authentication-Results field, and the refusal of a DMARC `p=reject`
+/// failure when `[inbound] enforce_dmarc` is set.
+pub(crate) async fn check_inbound(
+    auth: &mail_auth::MessageAuthenticator,
+    config: &Config,
+    client_ip: std::net::IpAddr,
+    writer: &mut SpoolWriter,
+) -> Result<(), EnqueueOutcome> {
+    let Some((path, offset)) = writer.readable().await else {
+        return Ok(());
+    };
+    let raw = match read_from(&path, offset).await {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the spooled message back");
+            return Err(EnqueueOutcome::TemporaryFailure);
+        }
+    };
+    let env = writer.envelope();
+    let mail_from = match &env.from {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(m) => m.to_string(),
+    };
+    let tx = inbound::Transaction {
+        client_ip,
+        helo: &env.helo,
+        mail_from: &mail_from,
+        hostname: &config.hostname,
+    };
+    let verdict = inbound::verify(auth, &raw, &tx).await;
+    let obscured = inbound::obscure_forged_results(&raw, &config.hostname);
+    drop(raw);
+    let refuse = verdict.dmarc_reject && config.inbound.enforce_dmarc;
+    tracing::info!(
+        target: "portcullis::mail",
+        event = "mail_auth",
+        queue_id = writer.id(),
+        client_ip = %client_ip,
+        from = %mail_from,
+        header_from_domain = %verdict.from_domain,
+        spf = verdict.spf,
+        dkim = verdict.dkim,
+        dmarc = verdict.dmarc,
+        refused = refuse,
+        "inbound authentication"
+    );
+    if refuse {
+        return Err(EnqueueOutcome::Refused(Reply::dmarc_reject()));
+    }
+    match obscured {
+        Some(message) => {
+            tracing::info!(
+                queue_id = writer.id(),
+                "renamed Authentication-Results fields claiming to be ours (RFC 8601 5)"
+            );
+            writer
+                .replace_message(verdict.header.as_bytes(), &message)
+                .await;
+        }
+        None => writer.insert_headers(verdict.header.as_bytes()).await,
+    }
+    Ok(())
+}
+
+async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut raw = Vec::new();
+    file.read_to_end(&mut raw).await?;
+    Ok(raw)
+}
