@@ -644,4 +644,15 @@ pub trait Store: Send + Sync + 'static {
     /// The target for `address`: its own alias first, else its domain's
     /// catch-all, else `None`.
     async fn resolve_alias(&self, address: &str) -> Result<Option<String>>;
+
+    // --- Batching (issue 9) ---------------------------------------------------
+
+    /// Records several messages as [`Store::enqueue`] does, all in one
+    /// transaction with one durable commit (group commit: the sync is paid
+    /// once per batch, not once per message). All or nothing: on any error
+    /// none of them is recorded, and the error is the first one met
+    /// (`Invalid` / `AlreadyExists(id)` for the offending message, also when
+    /// two messages of the batch share an id). An empty batch is `Ok` and
+    /// writes nothing.
+    async fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<()>;
 }

@@ -753,4 +753,27 @@ impl Store for SqliteStore {
     async fn resolve_alias(&self, address: &str) -> Result<Option<String>> {
         self.resolve_alias_impl(address).await
     }
+
+    // --- Batching (issue 9) ---------------------------------------------------
+
+    async fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // Validate everything before taking the write lock.
+        let messages = messages
+            .iter()
+            .map(normalize_new_message)
+            .collect::<Result<Vec<_>>>()?;
+        let mut tx = self.begin_write("enqueue_batch").await?;
+        for message in &messages {
+            // A duplicate id inside the batch fails here too, as
+            // AlreadyExists; dropping `tx` rolls everything back.
+            insert_message(&mut tx, message).await?;
+        }
+        // One WAL fsync (synchronous=FULL) for the whole batch.
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("enqueue_batch: commit", e))
+    }
 }
