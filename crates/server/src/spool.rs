@@ -119,10 +119,17 @@ impl Spool {
         let final_path = self.spool.join(&final_name);
         let durable = async {
             file.flush().await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&w.tmp_path, &final_path).await
-            // The directory fsync is the committer's, once per batch.
+            // fsync and rename in one trip to the blocking pool, not two;
+            // the directory fsync is the committer's, once per batch.
+            let file = file.into_std().await;
+            let (tmp, dest) = (w.tmp_path.clone(), final_path.clone());
+            tokio::task::spawn_blocking(move || {
+                file.sync_all()?;
+                drop(file);
+                std::fs::rename(tmp, dest)
+            })
+            .await
+            .map_err(std::io::Error::other)?
         };
         if let Err(e) = durable.await {
             tracing::error!(error = %e, "spool fsync/rename failed");
