@@ -1,5 +1,6 @@
-//! portcullis-load: an SMTP load generator (`send`) and a discard-everything
-//! SMTP sink (`sink`) for benchmarking Portcullis or any other SMTP server.
+//! portcullis-load: an SMTP load generator (`send`), a discard-everything
+//! SMTP sink (`sink`) and an idle-session holder (`idle`) for benchmarking
+//! Portcullis or any other SMTP server.
 //!
 //! The protocol pieces are sans-IO and unit-tested: [`reply`] parses server
 //! replies, [`dataend`] finds the end of DATA, [`message`] builds test
@@ -7,6 +8,7 @@
 
 pub mod conn;
 pub mod dataend;
+pub mod idle;
 pub mod message;
 pub mod reply;
 pub mod report;

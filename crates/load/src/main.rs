@@ -13,8 +13,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use portcullis_load::conn::{Setup, TlsMode};
+use portcullis_load::idle::{self, IdleOptions};
 use portcullis_load::send::{self, SendOptions};
-use portcullis_load::sink::{Sink, SinkOptions};
+use portcullis_load::sink::{Sink, SinkOptions, SinkStats};
 use portcullis_load::tls::{self, Trust};
 
 #[derive(Parser)]
@@ -34,6 +35,8 @@ enum Command {
     Send(SendArgs),
     /// Accept and discard any mail; print a summary on SIGINT/SIGTERM.
     Sink(SinkArgs),
+    /// Open N sessions (TLS, EHLO, AUTH if given), hold them idle, then QUIT.
+    Idle(IdleArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,7 +47,7 @@ enum TlsArg {
 }
 
 #[derive(clap::Args)]
-struct SendArgs {
+struct TargetArgs {
     /// Server address, host:port.
     #[arg(long, default_value = "127.0.0.1:2465")]
     addr: String,
@@ -72,12 +75,27 @@ struct SendArgs {
     /// Read the password from this file (trailing newline removed).
     #[arg(long, conflicts_with = "password", requires = "user")]
     password_file: Option<PathBuf>,
+    #[arg(long, default_value = "portcullis-load.localhost")]
+    ehlo_name: String,
+    /// Timeout for each reply, connect, handshake and write.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    #[command(flatten)]
+    target: TargetArgs,
     /// Concurrent connections.
     #[arg(long, short = 'c', default_value_t = 1)]
     connections: usize,
     /// Messages per connection.
     #[arg(long, short = 'n', default_value_t = 10, conflicts_with = "duration")]
     messages: u64,
+    /// Messages per session: after K messages, QUIT and open a new
+    /// connection (TCP + TLS + AUTH). 0: one session per connection slot.
+    #[arg(long, default_value_t = 0)]
+    per_conn: u64,
     /// Send for this long instead of a fixed count (e.g. 30s, 2m, 500ms).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -93,12 +111,27 @@ struct SendArgs {
     /// Domain of the generated recipients rcpt<k>@DOMAIN.
     #[arg(long, default_value = "example.org")]
     to_domain: String,
-    #[arg(long, default_value = "portcullis-load.localhost")]
-    ehlo_name: String,
-    /// Timeout for each reply, connect, handshake and write.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    timeout: Duration,
     /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Sessions to open and hold.
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// Session setups in flight at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// How long to hold the sessions once all are set up (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Write the number of sessions up to this file once setup is done.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -124,6 +157,12 @@ struct SinkArgs {
     /// Answer every Nth MAIL with 451 4.7.1 (to test error accounting); 0 never.
     #[arg(long, default_value_t = 0)]
     reject_mail_every: u64,
+    /// Stop (and print the summary) once this many messages were accepted.
+    #[arg(long)]
+    exit_after: Option<u64>,
+    /// Stop after this long in any case (e.g. 10m).
+    #[arg(long, value_parser = parse_duration)]
+    max_time: Option<Duration>,
     /// Do not advertise PIPELINING.
     #[arg(long)]
     no_pipelining: bool,
@@ -183,10 +222,8 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
-    if args.connections == 0 || args.recipients == 0 {
-        bail!("--connections and --recipients must be at least 1");
-    }
+/// Connection setup from the target arguments.
+fn setup(args: &TargetArgs) -> anyhow::Result<Setup> {
     let tls_mode = match args.tls {
         TlsArg::Implicit => TlsMode::Implicit,
         TlsArg::Starttls => TlsMode::StartTls,
@@ -219,36 +256,49 @@ async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
         let name = tls::server_name(args.server_name.as_deref().unwrap_or(&args.addr))?;
         (Some(tls::client_config(&trust)?), Some(name))
     };
-    let from = match (&args.from, &args.user) {
-        (Some(f), _) => f.clone(),
-        (None, Some(u)) if u.contains('@') => u.clone(),
-        _ => "portcullis-load@localhost".to_owned(),
-    };
-    let opts = SendOptions {
-        setup: Setup {
-            addr: args.addr,
-            tls: tls_mode,
-            tls_config,
-            server_name,
-            ehlo_name: args.ehlo_name,
-            credentials,
-            timeout: args.timeout,
-        },
-        connections: args.connections,
-        messages: args.messages,
-        duration: args.duration,
-        recipients: args.recipients,
-        size: args.size,
-        from,
-        to_domain: args.to_domain,
-    };
+    Ok(Setup {
+        addr: args.addr.clone(),
+        tls: tls_mode,
+        tls_config,
+        server_name,
+        ehlo_name: args.ehlo_name.clone(),
+        credentials,
+        timeout: args.timeout,
+    })
+}
+
+/// A flag set on SIGINT/SIGTERM.
+fn stop_flag() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     tokio::spawn(async move {
         shutdown_signal().await;
         flag.store(true, Ordering::Relaxed);
     });
-    let report = send::run(opts, stop).await;
+    stop
+}
+
+async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    if args.connections == 0 || args.recipients == 0 {
+        bail!("--connections and --recipients must be at least 1");
+    }
+    let from = match (&args.from, &args.target.user) {
+        (Some(f), _) => f.clone(),
+        (None, Some(u)) if u.contains('@') => u.clone(),
+        _ => "portcullis-load@localhost".to_owned(),
+    };
+    let opts = SendOptions {
+        setup: setup(&args.target)?,
+        connections: args.connections,
+        messages: args.messages,
+        per_session: args.per_conn,
+        duration: args.duration,
+        recipients: args.recipients,
+        size: args.size,
+        from,
+        to_domain: args.to_domain,
+    };
+    let report = send::run(opts, stop_flag()).await;
     if args.json {
         println!("{}", report.json());
     } else {
@@ -259,6 +309,40 @@ async fn run_send(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+async fn run_idle(args: IdleArgs) -> anyhow::Result<ExitCode> {
+    if args.conns == 0 {
+        bail!("--conns must be at least 1");
+    }
+    let opts = IdleOptions {
+        setup: setup(&args.target)?,
+        sessions: args.conns,
+        parallel: args.parallel,
+        hold: args.hold,
+        ready_file: args.ready_file,
+    };
+    let report = idle::run(opts, stop_flag()).await;
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Completes when `stats` counts `n` messages, or never.
+async fn reached(stats: Arc<SinkStats>, n: Option<u64>) {
+    let Some(n) = n else {
+        return std::future::pending().await;
+    };
+    while stats.messages.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn run_sink(args: SinkArgs) -> anyhow::Result<ExitCode> {
@@ -282,7 +366,16 @@ async fn run_sink(args: SinkArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     eprintln!("portcullis-load sink listening on {}", sink.local_addr()?);
-    let summary = sink.run_until(shutdown_signal()).await;
+    let stats = sink.stats();
+    let max_time = args.max_time.unwrap_or(Duration::MAX);
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = reached(stats, args.exit_after) => {}
+            () = tokio::time::sleep(max_time) => {}
+        }
+    };
+    let summary = sink.run_until(stop).await;
     if args.json {
         println!("{}", summary.json());
     } else {
@@ -296,6 +389,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Send(args) => run_send(args).await,
         Command::Sink(args) => run_sink(args).await,
+        Command::Idle(args) => run_idle(args).await,
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Latency of each accepted message, MAIL sent to final 250 received.
     pub latencies_us: Vec<u64>,
+    /// Time of each session setup (connect, TLS, EHLO, AUTH).
+    pub setup_us: Vec<u64>,
     /// Failure replies by `"451 4.7.1"`-style key.
     pub errors: BTreeMap<String, ErrorEntry>,
     /// Non-reply connection failures (connect, TLS, timeout, protocol) by description.
@@ -63,6 +65,7 @@ impl Stats {
         self.recipients_failed += other.recipients_failed;
         self.bytes += other.bytes;
         self.latencies_us.extend(other.latencies_us);
+        self.setup_us.extend(other.setup_us);
         for (key, e) in other.errors {
             self.errors
                 .entry(key)
@@ -96,6 +99,18 @@ pub struct Latency {
     pub max: u64,
 }
 
+impl Latency {
+    /// Percentiles of sorted values.
+    pub fn of(l: &[u64]) -> Latency {
+        Latency {
+            p50: percentile(l, 50.0),
+            p90: percentile(l, 90.0),
+            p99: percentile(l, 99.0),
+            max: l.last().copied().unwrap_or(0),
+        }
+    }
+}
+
 /// Nearest-rank percentile of sorted values (0 when empty).
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -123,6 +138,7 @@ impl Report {
         interrupted: bool,
     ) -> Report {
         stats.latencies_us.sort_unstable();
+        stats.setup_us.sort_unstable();
         Report {
             settings,
             stats,
@@ -132,13 +148,12 @@ impl Report {
     }
 
     pub fn latency(&self) -> Latency {
-        let l = &self.stats.latencies_us;
-        Latency {
-            p50: percentile(l, 50.0),
-            p90: percentile(l, 90.0),
-            p99: percentile(l, 99.0),
-            max: l.last().copied().unwrap_or(0),
-        }
+        Latency::of(&self.stats.latencies_us)
+    }
+
+    /// Session setup (connect + TLS + EHLO + AUTH) percentiles.
+    pub fn setup_latency(&self) -> Latency {
+        Latency::of(&self.stats.setup_us)
     }
 
     /// Messages that were planned but never attempted (count mode only).
@@ -170,6 +185,7 @@ impl Report {
     pub fn json(&self) -> serde_json::Value {
         let s = &self.stats;
         let l = self.latency();
+        let su = self.setup_latency();
         let ms = |us: u64| us as f64 / 1000.0;
         let errors: serde_json::Map<String, serde_json::Value> = s
             .errors
@@ -202,6 +218,8 @@ impl Report {
             "messages_per_s": self.rate(s.messages_ok),
             "recipients_per_s": self.rate(s.recipients_ok),
             "latency_ms": {"p50": ms(l.p50), "p90": ms(l.p90), "p99": ms(l.p99), "max": ms(l.max)},
+            "sessions": s.setup_us.len(),
+            "setup_ms": {"p50": ms(su.p50), "p90": ms(su.p90), "p99": ms(su.p99), "max": ms(su.max)},
             "errors": errors,
             "connection_errors": s.connection_errors,
         })
@@ -264,6 +282,14 @@ impl Report {
             ms(l.p90),
             ms(l.p99),
             ms(l.max)
+        );
+        let su = self.setup_latency();
+        let _ = writeln!(
+            out,
+            "setup:       {} sessions, p50 {}  p99 {} (connect+TLS+EHLO+AUTH)",
+            s.setup_us.len(),
+            ms(su.p50),
+            ms(su.p99)
         );
         if !s.errors.is_empty() {
             let _ = writeln!(out, "errors by code:");

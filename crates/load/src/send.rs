@@ -20,6 +20,9 @@ pub struct SendOptions {
     pub connections: usize,
     /// Messages per connection; ignored when `duration` is set.
     pub messages: u64,
+    /// Messages per session: after this many, QUIT and set up a new
+    /// connection (TCP + TLS + AUTH). 0 = one session for all of them.
+    pub per_session: u64,
     /// Send until this much time has passed instead of a fixed count.
     pub duration: Option<Duration>,
     pub recipients: usize,
@@ -74,7 +77,8 @@ fn record(stats: &mut Stats, err: ConnError) {
     }
 }
 
-/// One connection's whole life; never fails, only counts.
+/// One connection slot's whole life: sessions set up one after another
+/// (each carrying up to `per_session` messages); never fails, only counts.
 async fn connection(
     id: usize,
     opts: &SendOptions,
@@ -83,57 +87,68 @@ async fn connection(
     stop: &AtomicBool,
 ) -> Stats {
     let mut stats = Stats::default();
-    let (mut conn, caps) = match establish(&opts.setup).await {
-        Ok(c) => c,
-        Err(e) => {
-            record(&mut stats, e);
-            return stats;
-        }
-    };
     let rcpts: Vec<String> = (0..opts.recipients)
         .map(|k| format!("rcpt{k}@{}", opts.to_domain))
         .collect();
     let mut wire = Vec::new();
     let mut seq = 0u64;
-    loop {
+    let more = |seq: u64| {
         let more = match deadline {
             Some(d) => Instant::now() < d,
             None => seq < opts.messages,
         };
-        if !more || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let spec = MessageSpec {
-            from: &opts.from,
-            to: &rcpts,
-            connection: id,
-            seq,
-            size: opts.size,
-        };
-        let raw = generate(pool, &spec);
-        wire.clear();
-        dot_stuff(&raw, &mut wire);
-        seq += 1;
-        let tx = Transaction {
-            opts,
-            caps,
-            rcpts: &rcpts,
-            size: raw.len(),
-            wire: &wire,
-        };
-        match tx.run(&mut conn, &mut stats).await {
-            Ok(true) => stats.messages_ok += 1,
-            Ok(false) => stats.messages_failed += 1,
+        more && !stop.load(Ordering::Relaxed)
+    };
+    // Bounded: every session sends at least one message (or ends the slot).
+    while more(seq) {
+        let setup_started = Instant::now();
+        let (mut conn, caps) = match establish(&opts.setup).await {
+            Ok(c) => c,
             Err(e) => {
-                stats.messages_failed += 1;
                 record(&mut stats, e);
                 return stats;
             }
+        };
+        stats.setup_us.push(micros(setup_started));
+        let mut in_session = 0u64;
+        while more(seq) && (opts.per_session == 0 || in_session < opts.per_session) {
+            let spec = MessageSpec {
+                from: &opts.from,
+                to: &rcpts,
+                connection: id,
+                seq,
+                size: opts.size,
+            };
+            let raw = generate(pool, &spec);
+            wire.clear();
+            dot_stuff(&raw, &mut wire);
+            seq += 1;
+            in_session += 1;
+            let tx = Transaction {
+                opts,
+                caps,
+                rcpts: &rcpts,
+                size: raw.len(),
+                wire: &wire,
+            };
+            match tx.run(&mut conn, &mut stats).await {
+                Ok(true) => stats.messages_ok += 1,
+                Ok(false) => stats.messages_failed += 1,
+                Err(e) => {
+                    stats.messages_failed += 1;
+                    record(&mut stats, e);
+                    return stats;
+                }
+            }
         }
+        conn.quit().await;
+        stats.connections_ok += 1;
     }
-    conn.quit().await;
-    stats.connections_ok += 1;
     stats
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// One message's MAIL / RCPT / DATA exchange.
@@ -219,10 +234,7 @@ impl Transaction<'_> {
             stats.reply_error("DATA end", &reply);
             return Ok(false);
         }
-        let latency = started.elapsed().as_micros();
-        stats
-            .latencies_us
-            .push(u64::try_from(latency).unwrap_or(u64::MAX));
+        stats.latencies_us.push(micros(started));
         stats.recipients_ok += accepted;
         stats.bytes += self.size as u64;
         Ok(true)

@@ -65,6 +65,7 @@ fn options(addr: &str, tls: TlsMode, trust: Trust) -> SendOptions {
         },
         connections: 3,
         messages: 5,
+        per_session: 0,
         duration: None,
         recipients: 2,
         size: 3000,
@@ -111,6 +112,28 @@ async fn plain_pipelined() {
     assert_eq!(j["messages"], 15);
     assert_eq!(j["recipients"], 30);
     assert!(j["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn new_session_every_two_messages() {
+    let (config, _) = self_signed_server_config().unwrap();
+    let sink = start_sink(SinkOptions {
+        tls: Some(config),
+        implicit_tls: true,
+        ..SinkOptions::default()
+    })
+    .await;
+    let mut opts = options(&sink.addr, TlsMode::Implicit, Trust::Insecure);
+    opts.per_session = 2;
+    let report = send(opts).await;
+    let s = &report.stats;
+    assert!(report.all_ok(), "{}", report.text());
+    assert_eq!(s.messages_ok, 15);
+    // 5 messages per slot in sessions of 2, 2 and 1.
+    assert_eq!(s.connections_ok, 9);
+    assert_eq!(s.setup_us.len(), 9);
+    assert_eq!(report.json()["sessions"], 9);
+    assert_eq!(sink.stats.connections.load(Ordering::Relaxed), 9);
 }
 
 #[tokio::test]
@@ -267,4 +290,34 @@ async fn silent_server_times_out() {
         "{}",
         report.text()
     );
+}
+
+#[tokio::test]
+async fn idle_sessions_held_then_closed() {
+    use portcullis_load::idle::{self, IdleOptions};
+    let (config, _) = self_signed_server_config().unwrap();
+    let sink = start_sink(SinkOptions {
+        tls: Some(config),
+        implicit_tls: true,
+        ..SinkOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let opts = IdleOptions {
+        setup: options(&sink.addr, TlsMode::Implicit, Trust::Insecure).setup,
+        sessions: 6,
+        parallel: 2,
+        hold: Duration::from_millis(300),
+        ready_file: Some(ready.clone()),
+    };
+    let report = tokio::time::timeout(LIMIT, idle::run(opts, Arc::new(AtomicBool::new(false))))
+        .await
+        .unwrap();
+    assert!(report.all_ok(), "{}", report.text());
+    assert_eq!(report.established, 6);
+    assert!(report.held >= Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&ready).unwrap().trim(), "6");
+    assert_eq!(sink.stats.connections.load(Ordering::Relaxed), 6);
+    assert_eq!(report.json()["established"], 6);
 }

@@ -5,6 +5,7 @@
 //! shell over [`Server`].
 
 pub mod auth;
+mod commit;
 pub mod config;
 mod conn;
 pub mod delivery;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use portcullis_proto::{EnqueueOutcome, Envelope, ForwardPath, ReversePath};
+
+use crate::commit::{CommitError, Committer};
 use portcullis_store::{NewMessage, Store, StoreError};
 use tokio::io::AsyncWriteExt;
 
@@ -20,6 +22,9 @@ pub struct Spool {
     wake: Arc<tokio::sync::Notify>,
     incoming: PathBuf,
     spool: PathBuf,
+    /// Group commit of directory fsyncs and queue rows (issue 9), started
+    /// with the store of the first commit.
+    committer: std::sync::OnceLock<Committer>,
 }
 
 /// Facts about the connection recorded with the message.
@@ -71,6 +76,7 @@ impl Spool {
             wake: Arc::new(tokio::sync::Notify::new()),
             incoming,
             spool,
+            committer: std::sync::OnceLock::new(),
         })
     }
 
@@ -118,13 +124,17 @@ impl Spool {
         let final_path = self.spool.join(&final_name);
         let durable = async {
             file.flush().await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&w.tmp_path, &final_path).await?;
-            let dir = self.spool.clone();
-            tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-                .await
-                .map_err(std::io::Error::other)?
+            // fsync and rename in one trip to the blocking pool, not two;
+            // the directory fsync is the committer's, once per batch.
+            let file = file.into_std().await;
+            let (tmp, dest) = (w.tmp_path.clone(), final_path.clone());
+            tokio::task::spawn_blocking(move || {
+                file.sync_all()?;
+                drop(file);
+                std::fs::rename(tmp, dest)
+            })
+            .await
+            .map_err(std::io::Error::other)?
         };
         if let Err(e) = durable.await {
             tracing::error!(error = %e, "spool fsync/rename failed");
@@ -154,8 +164,11 @@ impl Spool {
             received_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             usage_ms,
         };
-        match store.enqueue(&message).await {
-            Ok(()) => {
+        let committer = self
+            .committer
+            .get_or_init(|| Committer::start(Arc::clone(store), self.spool.clone()));
+        match committer.commit(message).await {
+            (Some(message), Ok(())) => {
                 tracing::info!(
                     target: "portcullis::mail",
                     event = "queued",
@@ -169,11 +182,16 @@ impl Spool {
                 self.wake.notify_one();
                 EnqueueOutcome::Queued { id: w.id }
             }
-            Err(e) => {
-                tracing::error!(error = %e, queue_id = %message.id, "queue commit failed");
+            (_, Ok(())) => {
+                self.wake.notify_one();
+                EnqueueOutcome::Queued { id: w.id }
+            }
+            (_, Err(e)) => {
+                tracing::error!(error = %e, queue_id = %w.id, "queue commit failed");
                 self.discard(&final_path).await;
                 match e {
-                    StoreError::Unavailable(m) if m.contains("full") => {
+                    CommitError::Directory(e) => io_outcome(&e),
+                    CommitError::Store(StoreError::Unavailable(m)) if m.contains("full") => {
                         EnqueueOutcome::InsufficientStorage
                     }
                     _ => EnqueueOutcome::TemporaryFailure,

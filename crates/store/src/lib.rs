@@ -843,4 +843,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the pair `tag` of `domain`. `NotFound(tag)` if absent;
     /// `Invalid` if it is the active pair (activate another one first).
     async fn remove_dkim_tag(&self, domain: &str, tag: &str) -> Result<()>;
+
+    // --- Batching (issue 9) ---------------------------------------------------
+
+    /// Records several messages as [`Store::enqueue`] does, all in one
+    /// transaction with one durable commit (group commit: the sync is paid
+    /// once per batch, not once per message). All or nothing: on any error
+    /// none of them is recorded, and the error is the first one met
+    /// (`Invalid` / `AlreadyExists(id)` for the offending message, also when
+    /// two messages of the batch share an id). An empty batch is `Ok` and
+    /// writes nothing.
+    async fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<()>;
 }

@@ -107,8 +107,12 @@ impl SqliteStore {
         let _ = conn.close().await;
         migrated?;
 
+        // No ping before handing out a pooled connection: it is a file in
+        // this process, not a network peer, and the ping is one more round
+        // trip to SQLite's worker thread on every query (issue 9).
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
@@ -164,32 +168,68 @@ pub(crate) async fn insert_message(
     conn: &mut SqliteConnection,
     message: &NewMessage,
 ) -> Result<()> {
-    let size = i64::try_from(message.size)
-        .map_err(|_| StoreError::Invalid(format!("message {}: size is too large", message.id)))?;
-    sqlx::query(
-        "INSERT INTO queue_messages \
-             (id, sender, size, spool_path, auth_user, client_ip, received_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&message.id)
-    .bind(&message.sender)
-    .bind(size)
-    .bind(&message.spool_path)
-    .bind(&message.auth_user)
-    .bind(&message.client_ip)
-    .bind(message.received_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| insert_error("enqueue", &message.id, e))?;
-    // Multi-row INSERTs: one statement per table (in chunks well under
-    // SQLite's bound-parameter limit), not one round trip per row.
-    let positions: Vec<(i64, &String)> = (0_i64..).zip(&message.recipients).collect();
-    for chunk in positions.chunks(300) {
+    insert_messages(conn, std::slice::from_ref(message)).await
+}
+
+/// Rows per multi-row INSERT: well under SQLite's bound-parameter limit.
+const ROWS_PER_INSERT: usize = 100;
+
+/// [`insert_message`] for many messages at once: one multi-row INSERT per
+/// table (per chunk of rows), not one round trip per message and row, so a
+/// group-commit batch costs a few statements (issue 9). Errors leave the
+/// transaction to be rolled back by the caller; a duplicate id is
+/// `AlreadyExists(id)`.
+pub(crate) async fn insert_messages(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+) -> Result<()> {
+    let mut sizes = Vec::with_capacity(messages.len());
+    let mut seen = std::collections::HashSet::with_capacity(messages.len());
+    for m in messages {
+        if !seen.insert(m.id.as_str()) {
+            return Err(StoreError::AlreadyExists(m.id.clone()));
+        }
+        sizes
+            .push(i64::try_from(m.size).map_err(|_| {
+                StoreError::Invalid(format!("message {}: size is too large", m.id))
+            })?);
+    }
+    let rows: Vec<(&NewMessage, i64)> = messages.iter().zip(sizes).collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO queue_messages \
+             (id, sender, size, spool_path, auth_user, client_ip, received_at) ",
+        );
+        q.push_values(chunk, |mut row, (m, size)| {
+            row.push_bind(&m.id)
+                .push_bind(&m.sender)
+                .push_bind(*size)
+                .push_bind(&m.spool_path)
+                .push_bind(&m.auth_user)
+                .push_bind(&m.client_ip)
+                .push_bind(m.received_at);
+        });
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            return Err(match chunk {
+                [(only, _)] => insert_error("enqueue", &only.id, e),
+                _ => duplicate_in(conn, chunk, e).await,
+            });
+        }
+    }
+    let recipients: Vec<(&str, i64, &String)> = messages
+        .iter()
+        .flat_map(|m| {
+            (0_i64..)
+                .zip(&m.recipients)
+                .map(|(i, r)| (m.id.as_str(), i, r))
+        })
+        .collect();
+    for chunk in recipients.chunks(ROWS_PER_INSERT * 3) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO queue_recipients (message_id, position, address, domain) ",
         );
-        q.push_values(chunk, |mut row, (position, address)| {
-            row.push_bind(&message.id)
+        q.push_values(chunk, |mut row, (id, position, address)| {
+            row.push_bind(*id)
                 .push_bind(*position)
                 .push_bind(*address)
                 .push_bind(recipient_domain(address));
@@ -199,32 +239,63 @@ pub(crate) async fn insert_message(
             .await
             .map_err(|e| unavailable("enqueue: recipient", e))?;
     }
-    // normalize_new_message refuses usage without an auth user.
-    if let Some(account) = &message.auth_user {
-        // Equal timestamps share one row with a count.
-        let mut grouped: Vec<(i64, i64)> = Vec::new();
-        let mut sorted = message.usage_ms.clone();
+    // normalize_new_message refuses usage without an auth user. Equal
+    // timestamps of one message share one row with a count.
+    let mut usage: Vec<(&String, i64, i64)> = Vec::new();
+    for m in messages {
+        let Some(account) = &m.auth_user else {
+            continue;
+        };
+        let mut sorted = m.usage_ms.clone();
         sorted.sort_unstable();
+        let first = usage.len();
         for at_ms in sorted {
-            match grouped.last_mut() {
-                Some((t, n)) if *t == at_ms => *n += 1,
-                _ => grouped.push((at_ms, 1)),
+            let same = usage.len() > first && usage.last().is_some_and(|(_, t, _)| *t == at_ms);
+            match usage.last_mut() {
+                Some((_, _, n)) if same => *n += 1,
+                _ => usage.push((account, at_ms, 1)),
             }
         }
-        for chunk in grouped.chunks(300) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO usage_events (account, at_ms, count) ",
-            );
-            q.push_values(chunk, |mut row, (at_ms, count)| {
-                row.push_bind(account).push_bind(*at_ms).push_bind(*count);
-            });
-            q.build()
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| unavailable("enqueue: usage", e))?;
-        }
+    }
+    for chunk in usage.chunks(ROWS_PER_INSERT * 3) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO usage_events (account, at_ms, count) ",
+        );
+        q.push_values(chunk, |mut row, (account, at_ms, count)| {
+            row.push_bind(*account).push_bind(*at_ms).push_bind(*count);
+        });
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| unavailable("enqueue: usage", e))?;
     }
     Ok(())
+}
+
+/// After a multi-row INSERT into `queue_messages` failed: `AlreadyExists`
+/// naming a message of `chunk` that is already queued, if that was the
+/// cause, else the error as `Unavailable`.
+async fn duplicate_in(
+    conn: &mut SqliteConnection,
+    chunk: &[(&NewMessage, i64)],
+    error: sqlx::Error,
+) -> StoreError {
+    let unique =
+        matches!(&error, sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation);
+    if !unique {
+        return unavailable("enqueue", error);
+    }
+    for (m, _) in chunk {
+        let exists: std::result::Result<bool, _> =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_messages WHERE id = ?)")
+                .bind(&m.id)
+                .fetch_one(&mut *conn)
+                .await;
+        if let Ok(true) = exists {
+            return StoreError::AlreadyExists(m.id.clone());
+        }
+    }
+    unavailable("enqueue", error)
 }
 
 /// Maps a database error to `Unavailable`, naming the operation. SQLite error
@@ -801,5 +872,26 @@ impl Store for SqliteStore {
 
     async fn remove_dkim_tag(&self, domain: &str, tag: &str) -> Result<()> {
         self.remove_dkim_tag_impl(domain, tag).await
+    }
+
+    // --- Batching (issue 9) ---------------------------------------------------
+
+    async fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // Validate everything before taking the write lock.
+        let messages = messages
+            .iter()
+            .map(normalize_new_message)
+            .collect::<Result<Vec<_>>>()?;
+        let mut tx = self.begin_write("enqueue_batch").await?;
+        // Any error (a duplicate id, also inside the batch, is
+        // AlreadyExists) drops `tx`, which rolls everything back.
+        insert_messages(&mut tx, &messages).await?;
+        // One WAL fsync (synchronous=FULL) for the whole batch.
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("enqueue_batch: commit", e))
     }
 }

@@ -77,6 +77,12 @@ async fn sqlite_queue() {
 }
 
 #[tokio::test]
+async fn sqlite_enqueue_batch() {
+    let (_dir, store) = fresh().await;
+    suite_enqueue_batch(store).await;
+}
+
+#[tokio::test]
 async fn sqlite_account_plan() {
     let (_dir, store) = fresh().await;
     suite_account_plan(store).await;

@@ -3310,3 +3310,63 @@ pub async fn suite_dkim_keys(store: Arc<dyn Store>) {
         "keys of a removed domain do not come back"
     );
 }
+
+/// enqueue_batch (issue 9): many messages and their usage in one
+/// transaction; all or nothing on any error, including a duplicate id inside
+/// the batch or one already queued.
+pub async fn suite_enqueue_batch(store: Arc<dyn Store>) {
+    store.enqueue_batch(&[]).await.unwrap();
+    assert!(store.list_queue().await.unwrap().is_empty());
+
+    let batch = vec![
+        message_with_usage("B1", "Alice@Example.com", &["x@example.net"], &[10]),
+        message("B2", "", &["Y@Example.org", "z@example.org"], 1_700_000_001),
+        message_with_usage("B3", "bob@example.com", &["w@example.net"], &[20, 20]),
+    ];
+    store.enqueue_batch(&batch).await.unwrap();
+    let queue = store.list_queue().await.unwrap();
+    let ids: Vec<&str> = queue.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["B1", "B3", "B2"],
+        "ordered by received_at, then insertion"
+    );
+    let b2 = &queue[2];
+    assert_eq!(b2.sender, "");
+    assert_eq!(b2.recipients, ["Y@Example.org", "z@example.org"]);
+    assert_eq!(
+        all_usage(&store).await,
+        pairs(&[
+            ("alice@example.com", 10),
+            ("bob@example.com", 20),
+            ("bob@example.com", 20)
+        ])
+    );
+
+    // One invalid message fails the whole batch; nothing of it is written.
+    let bad = vec![
+        message_with_usage("B4", "carol@example.com", &["x@example.net"], &[30]),
+        message("B5", "a@example.com", &["not-an-address"], 1),
+    ];
+    assert_invalid(store.enqueue_batch(&bad).await, "bad recipient in batch");
+    // A duplicate of a queued id, after a good message: rolled back too.
+    let dup = vec![
+        message_with_usage("B6", "carol@example.com", &["x@example.net"], &[40]),
+        message("B1", "a@example.com", &["x@example.net"], 1),
+    ];
+    assert_exists(store.enqueue_batch(&dup).await, "B1");
+    // A duplicate id inside the batch.
+    let twice = vec![
+        message("B7", "a@example.com", &["x@example.net"], 1),
+        message("B7", "a@example.com", &["x@example.net"], 1),
+    ];
+    assert_exists(store.enqueue_batch(&twice).await, "B7");
+    assert_eq!(store.list_queue().await.unwrap(), queue);
+    assert_eq!(all_usage(&store).await.len(), 3);
+
+    // Batched messages are delivery jobs like any other.
+    let jobs = store.claim_due(i64::MAX, 100).await.unwrap();
+    let mut claimed: Vec<&str> = jobs.iter().map(|j| j.message_id.as_str()).collect();
+    claimed.sort_unstable();
+    assert_eq!(claimed, ["B1", "B2", "B3"]);
+}

@@ -1,0 +1,439 @@
+#!/usr/bin/env bash
+# Issue 9: Portcullis against Postfix + Dovecot on the same machine, with the
+# same load generator (portcullis-load), alternating the two systems within
+# each round so drift hits both alike.
+#
+#   bench/postfix-vs-portcullis.sh [ROUNDS]          (default 3)
+#   SCENARIOS="a b_app b_argon b_sha c d e f" ...    (subset; default all)
+#   BIN_DIR=target/release                           (portcullis, portcullis-load)
+#   OUT=bench-results.md                             (markdown table appended)
+#
+# Installs postfix and dovecot-core from apt when missing (Debian; needs root).
+# Runs private instances under a temporary directory on 127.0.0.1 high ports:
+# nothing leaves the machine (Postfix's discard transport; the
+# portcullis-load sink for outbound). Scenarios (issue 9):
+#   a        4 conns x 100 msgs x 2 KiB, STARTTLS + AUTH once per connection
+#            (each system's fast credential: Portcullis app password,
+#            Dovecot SHA512-CRYPT)
+#   b_app    new TCP+TLS+AUTH per message, 8 parallel; Portcullis with an app password
+#   b_argon  the same with an Argon2id password (m=19456,t=2,p=1) on both
+#   b_sha    the same, Postfix+Dovecot with SHA512-CRYPT (Portcullis: app password)
+#   c        4 x 20 msgs of 1 MiB, STARTTLS + AUTH
+#   d        port-25 style, no TLS/AUTH, 4 x 100 x 2 KiB
+#   e        10,000 queued messages delivered to `portcullis-load sink`
+#   f        10,000 idle implicit-TLS sessions: server memory
+# Server CPU per message: utime+stime (+ reaped children) of every process of
+# the system under test, from /proc. Every loop is bounded. Not run by CI.
+set -euo pipefail
+ROUNDS=${1:-3}
+SCENARIOS=${SCENARIOS:-"a b_app b_argon b_sha c d e f"}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN_DIR=${BIN_DIR:-$ROOT/target/release}
+PORTCULLIS="$BIN_DIR/portcullis"; LOAD="$BIN_DIR/portcullis-load"
+OUT=${OUT:-$ROOT/bench-results.md}
+IDLE_N=${IDLE_N:-10000}       # scenario f, Portcullis
+IDLE_N_PF=${IDLE_N_PF:-200}   # scenario f, Postfix (one smtpd process per session)
+QUEUED_N=${QUEUED_N:-10000}   # scenario e
+PASS="violet-harbor-quartz-$$"
+SHA_PASS="sha-crypt-pass-$$"
+HZ=$(getconf CLK_TCK)
+
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+# --- installation --------------------------------------------------------
+if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null; then
+    log "installing postfix and dovecot-core"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq postfix dovecot-core >/dev/null
+fi
+if [[ ! -x $PORTCULLIS || ! -x $LOAD ]]; then
+    (cd "$ROOT" && cargo build --release --locked -p portcullis -p portcullis-load)
+    BIN_DIR=$ROOT/target/release; PORTCULLIS="$BIN_DIR/portcullis"; LOAD="$BIN_DIR/portcullis-load"
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+log "open files limit: $(ulimit -n)"
+
+WORK=$(mktemp -d /tmp/pvp.XXXXXX)
+chmod 755 "$WORK"
+PF=$WORK/pf; DV=$WORK/dv; PT=$WORK/pt
+BASE=$((30000 + RANDOM % 20000))
+PF_SMTP=$BASE; PF_SUB=$((BASE+1)); PF_SUBS=$((BASE+2))
+PT_SMTP=$((BASE+3)); PT_SUB=$((BASE+4)); PT_SUBS=$((BASE+5)); SINK_PORT=$((BASE+6))
+PT_PID=""; SINK_PID=""
+
+cleanup() {
+    [[ -n $PT_PID ]] && kill "$PT_PID" 2>/dev/null || true
+    [[ -n $SINK_PID ]] && kill "$SINK_PID" 2>/dev/null || true
+    postfix -c "$PF/etc" stop >/dev/null 2>&1 || true
+    [[ -f $DV/run/master.pid ]] && kill "$(cat "$DV/run/master.pid")" 2>/dev/null || true
+    sleep 1
+    [[ -n ${KEEP:-} ]] && log "kept $WORK" || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- shared material -----------------------------------------------------
+mkdir -p "$PF/etc" "$PF/queue" "$PF/data" "$DV/run" "$DV/state" "$PT"
+# ECDSA P-256 for both (RSA-2048 signs ~13x slower here).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+cp "$WORK/key.pem" "$WORK/cert.pem" "$PF/"
+
+# --- Portcullis ----------------------------------------------------------
+# Every limit stays on (plans enforced, per-IP throttles checked, audit) but
+# set so that none refuses the benchmark's own traffic. AUTH padding is off:
+# it is a sleep, it would only measure itself.
+pt_config() { # $1 = delivery enabled (true|false) -> prints TOML
+    cat <<TOML
+hostname = "portcullis-bench.localhost"
+data_dir = "$PT/data"
+[tls]
+cert = "$WORK/cert.pem"
+key = "$WORK/key.pem"
+[listeners.smtp]
+address = "127.0.0.1:$PT_SMTP"
+max_connections = 20000
+max_connections_per_ip = 20000
+[listeners.submission]
+address = "127.0.0.1:$PT_SUB"
+max_connections = 20000
+max_connections_per_ip = 20000
+[listeners.submissions]
+address = "127.0.0.1:$PT_SUBS"
+max_connections = 20000
+max_connections_per_ip = 20000
+[security]
+auth_min_duration = "0ms"
+[throttle]
+connections_per_minute = 100000000
+smtp_messages_per_minute = 100000000
+burst = 100000
+[usage]
+enforce = true
+[plans.bench]
+emails_per_hour = 100000000
+[delivery]
+enabled = $1
+relay_host = "localhost:$SINK_PORT"
+relay_tls = "starttls"
+relay_ca_file = "$WORK/sink-cert.pem"
+TOML
+}
+# Replaced by the sink's own certificate before each delivery run (e).
+cp "$WORK/cert.pem" "$WORK/sink-cert.pem"
+pt_config false > "$PT/inbound.toml"
+pt_config true > "$PT/outbound.toml"
+export PORTCULLIS_CONFIG="$PT/inbound.toml" PORTCULLIS_DATA_DIR="$PT/data"
+export PORTCULLIS_RELAY_USER=relay@example.com PORTCULLIS_RELAY_PASSWORD=relay-secret
+echo "$PASS" | "$PORTCULLIS" account add bench@example.com --plan bench --password-stdin >/dev/null 2>&1
+APP_PASS=$("$PORTCULLIS" app-password add --name bench bench@example.com 2>/dev/null | sed -n 's/^App password: //p')
+"$PORTCULLIS" domain add local.test >/dev/null 2>&1
+"$PORTCULLIS" alias add @local.test bench@example.com >/dev/null 2>&1
+ARGON_HASH=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select password_hash from accounts where address='bench@example.com'\").fetchone()[0])" "$PT/data/portcullis.db")
+[[ $ARGON_HASH == '$argon2id$v=19$m=19456,t=2,p=1$'* ]] || { log "unexpected hash parameters: $ARGON_HASH"; exit 1; }
+
+wait_port() { # $1 port; bounded 10 s
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+    log "port $1 did not open"; return 1
+}
+pt_start() { # $1 = config file
+    PORTCULLIS_CONFIG=$1 RUST_LOG=warn "$PORTCULLIS" serve >/dev/null 2>>"$PT/serve.log" &
+    PT_PID=$!
+    wait_port "$PT_SUBS"
+}
+pt_stop() {
+    [[ -n $PT_PID ]] || return 0
+    kill -TERM "$PT_PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$PT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PT_PID" 2>/dev/null || true
+    wait "$PT_PID" 2>/dev/null || true
+    PT_PID=""
+}
+
+# --- Postfix + Dovecot -----------------------------------------------------
+pf_render() { # $1 transport, $2 relayhost, $3 defer_transports, $4 process limit
+    local s="s#@PF@#$PF#g; s#@DV@#$DV#g; s#@TRANSPORT@#$1#; s#@RELAYHOST@#$2#; s#@DEFER@#$3#; s#@PROCS@#$4#"
+    s="$s; s#@PORT_SMTP@#$PF_SMTP#; s#@PORT_SUB@#$PF_SUB#; s#@PORT_SUBS@#$PF_SUBS#"
+    sed -e "$s" "$ROOT/bench/postfix/main.cf.in" > "$PF/etc/main.cf"
+    sed -e "$s" "$ROOT/bench/postfix/master.cf.in" > "$PF/etc/master.cf"
+}
+sed -e "s#@DV@#$DV#g" "$ROOT/bench/dovecot/dovecot.conf.in" > "$DV/dovecot.conf"
+{
+    echo "bench@example.com:{ARGON2ID}$ARGON_HASH"
+    echo "sha@example.com:$(doveadm pw -s SHA512-CRYPT -p "$SHA_PASS")"
+} > "$DV/users"
+chmod 644 "$DV/users"
+dovecot -c "$DV/dovecot.conf"
+pf_render discard "" "" 300
+chown postfix "$PF/data"
+postfix -c "$PF/etc" check
+postfix -c "$PF/etc" start >/dev/null 2>&1
+wait_port "$PF_SUB"
+doveadm -c "$DV/dovecot.conf" auth test sha@example.com "$SHA_PASS" >/dev/null
+doveadm -c "$DV/dovecot.conf" auth test bench@example.com "$PASS" >/dev/null
+pf_pids() { echo "$(cat "$PF/queue/pid/master.pid" | tr -d ' ') $(cat "$DV/run/master.pid")"; }
+pf_queue_len() { find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/maildrop" -type f 2>/dev/null | wc -l; }
+pf_wait_drained() { # bounded 120 s
+    for _ in $(seq 1200); do [[ $(pf_queue_len) -eq 0 ]] && return 0; sleep 0.1; done
+    log "postfix queue did not drain"
+}
+
+# CPU clock ticks of the process trees under the given PIDs: each live
+# process's utime+stime+cutime+cstime (reaped children are in their parent's
+# cutime/cstime, so exited smtpd/auth processes are counted too).
+tree_ticks() {
+    python3 - "$@" <<'PY'
+import os, sys
+roots = {int(p) for p in sys.argv[1:]}
+stat = {}
+for d in os.listdir('/proc'):
+    if d.isdigit():
+        try:
+            s = open(f'/proc/{d}/stat').read()
+        except OSError:
+            continue
+        f = s[s.rindex(')') + 2:].split()
+        stat[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+kids = {}
+for pid, (ppid, _) in stat.items():
+    kids.setdefault(ppid, []).append(pid)
+total, todo = 0, [r for r in roots if r in stat]
+while todo:
+    p = todo.pop()
+    total += stat[p][1]
+    todo.extend(kids.get(p, []))
+print(total)
+PY
+}
+# Proportional set size (kB) of the process trees: shared pages split fairly.
+tree_pss() {
+    python3 - "$@" <<'PY'
+import os, sys
+roots = {int(p) for p in sys.argv[1:]}
+ppid = {}
+for d in os.listdir('/proc'):
+    if d.isdigit():
+        try:
+            s = open(f'/proc/{d}/stat').read()
+            ppid[int(d)] = int(s[s.rindex(')') + 2:].split()[1])
+        except OSError:
+            pass
+kids = {}
+for p, pp in ppid.items():
+    kids.setdefault(pp, []).append(p)
+total, todo, n = 0, [r for r in roots if r in ppid], 0
+while todo:
+    p = todo.pop()
+    n += 1
+    try:
+        for line in open(f'/proc/{p}/smaps_rollup'):
+            if line.startswith('Pss:'):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+    todo.extend(kids.get(p, []))
+print(total, n)
+PY
+}
+
+# --- one measured run ------------------------------------------------------
+# load_run SYSTEM SCENARIO -> prints "msgs_per_s cpu_us_per_msg ok failed"
+load_run() {
+    local sys=$1 sc=$2 port tls user pass args pids
+    local common=(--insecure --json --timeout 60s)
+    case $sys in
+        postfix) pids=$(pf_pids) ;;
+        portcullis) pt_start "$PT/inbound.toml"; pids=$PT_PID ;;
+    esac
+    local sub subs smtp
+    if [[ $sys == postfix ]]; then sub=$PF_SUB; subs=$PF_SUBS; smtp=$PF_SMTP; else sub=$PT_SUB; subs=$PT_SUBS; smtp=$PT_SMTP; fi
+    local auth_pass=$PASS auth_user=bench@example.com
+    case $sc in
+        a) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 100 --size 2k) ;;
+        b_app|b_argon|b_sha) args=(--addr "127.0.0.1:$sub" --tls starttls -c 8 -n 25 --per-conn 1 --size 2k) ;;
+        c) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 20 --size 1m) ;;
+        d) args=(--addr "127.0.0.1:$smtp" --tls none -c 4 -n 100 --size 2k --from sender@example.net --to-domain local.test) ;;
+    esac
+    case $sc in
+        b_app) [[ $sys == portcullis ]] && auth_pass=$APP_PASS ;;
+        a|c|b_sha) if [[ $sys == postfix ]]; then auth_user=sha@example.com; auth_pass=$SHA_PASS; else auth_pass=$APP_PASS; fi ;;
+    esac
+    if [[ $sc != d ]]; then
+        args+=(--user "$auth_user" --password "$auth_pass" --from bench@example.com)
+    fi
+    local t0 t1 json
+    t0=$(tree_ticks $pids)
+    json=$(timeout 600 "$LOAD" send "${args[@]}" "${common[@]}" || true)
+    [[ $sys == postfix ]] && pf_wait_drained
+    t1=$(tree_ticks $pids)
+    if [[ $sys == portcullis ]]; then
+        grep -o 'VmHWM:.*' "/proc/$PT_PID/status" | awk '{print $2}' > "$WORK/last-hwm"
+        pt_stop
+    else
+        tree_pss $pids | awk '{print $1}' > "$WORK/last-hwm"
+    fi
+    echo "$json" > "$WORK/last.json"
+    python3 - "$json" "$((t1 - t0))" "$HZ" <<'PY'
+import json, sys
+try:
+    r = json.loads(sys.argv[1])
+except ValueError:
+    print("0 0 0 0"); sys.exit()
+n = r.get("messages", 0)
+cpu = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / max(n, 1)
+print(f"{r.get('messages_per_s', 0):.1f} {cpu:.0f} {n} {r.get('messages_failed', 0) + r.get('messages_not_sent', 0)}")
+PY
+}
+
+# --- scenario e: delivery of queued mail to the sink ------------------------
+sink_start() { # $1 = expected messages
+    rm -f "$WORK/sink-cert.pem"
+    timeout 900 "$LOAD" sink --listen "127.0.0.1:$SINK_PORT" --tls-self-signed \
+        --cert-out "$WORK/sink-cert.pem" --exit-after "$1" --max-time 600s --json \
+        > "$WORK/sink.json" 2>/dev/null &
+    SINK_PID=$!
+    wait_port "$SINK_PORT"
+}
+sink_wait() { # sets SINK_RES; bounded by the sink's own --max-time. Not in $(...): wait needs this shell.
+    wait "$SINK_PID" 2>/dev/null || true
+    SINK_PID=""
+    SINK_RES=$(python3 -c "import json; r=json.load(open('$WORK/sink.json')); print(f\"{r['messages_per_s']:.1f} {r['messages']} {r['active_s']:.2f}\")" 2>/dev/null || echo "0 0 0")
+}
+inject() { # $1 addr, $2 tls, rest: auth args -> QUEUED_N messages in 8 x QUEUED_N/8
+    local addr=$1 tls=$2; shift 2
+    timeout 900 "$LOAD" send --addr "$addr" --tls "$tls" --insecure -c 8 -n $((QUEUED_N / 8)) --size 2k \
+        --json "$@" > "$WORK/inject.json" || log "injection incomplete: $(head -c 300 "$WORK/inject.json")"
+}
+run_e() { # $1 system -> "msgs_per_s cpu_us_per_msg delivered 0"
+    local t0 t1 res
+    if [[ $1 == portcullis ]]; then
+        rm -rf "$PT/data/spool" "$PT/data/incoming"
+        python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('delete from queue_recipients'); c.execute('delete from queue_messages'); c.commit()" "$PT/data/portcullis.db" 2>/dev/null || true
+        pt_start "$PT/inbound.toml"
+        inject "127.0.0.1:$PT_SUBS" implicit --user bench@example.com --password "$APP_PASS" --from bench@example.com
+        pt_stop
+        sink_start "$QUEUED_N"
+        pt_start "$PT/outbound.toml"
+        t0=$(tree_ticks "$PT_PID")
+        sink_wait; res=$SINK_RES
+        t1=$(tree_ticks "$PT_PID")
+        pt_stop
+    else
+        pf_render smtp "[127.0.0.1]:$SINK_PORT" smtp 300
+        postfix -c "$PF/etc" reload >/dev/null 2>&1; sleep 1
+        inject "127.0.0.1:$PF_SMTP" none --from sender@example.net
+        pf_wait_drained
+        sink_start "$QUEUED_N"
+        pf_render smtp "[127.0.0.1]:$SINK_PORT" "" 300
+        t0=$(tree_ticks $(pf_pids))
+        postfix -c "$PF/etc" reload >/dev/null 2>&1
+        postqueue -c "$PF/etc" -f
+        sink_wait; res=$SINK_RES
+        t1=$(tree_ticks $(pf_pids))
+        postsuper -c "$PF/etc" -d ALL >/dev/null 2>&1 || true
+        pf_render discard "" "" 300
+        postfix -c "$PF/etc" reload >/dev/null 2>&1; sleep 1
+    fi
+    read -r rate n _ <<<"$res"
+    python3 -c "print(f'$rate {($t1 - $t0) / $HZ * 1e6 / max($n, 1):.0f} $n 0')"
+}
+
+# --- scenario f: idle TLS sessions ------------------------------------------
+run_f() { # $1 system -> "sessions_up rss_kB_total kB_per_session baseline_kB"
+    local n base held port pids ready=$WORK/idle-ready
+    rm -f "$ready"
+    if [[ $1 == portcullis ]]; then
+        pt_start "$PT/inbound.toml"; n=$IDLE_N; port=$PT_SUBS
+        base=$(awk '/VmRSS/ {print $2}' "/proc/$PT_PID/status")
+    else
+        n=$IDLE_N_PF; port=$PF_SUBS; pids=$(pf_pids)
+        base=$(tree_pss $pids | awk '{print $1}')
+    fi
+    timeout 600 "$LOAD" idle --addr "127.0.0.1:$port" --tls implicit --insecure --conns "$n" \
+        --hold 20s --ready-file "$ready" --timeout 120s --json > "$WORK/idle.json" 2>/dev/null &
+    local idle_pid=$!
+    for _ in $(seq 3000); do [[ -s $ready ]] && break; kill -0 $idle_pid 2>/dev/null || break; sleep 0.1; done
+    sleep 3
+    if [[ $1 == portcullis ]]; then
+        held=$(awk '/VmRSS/ {print $2}' "/proc/$PT_PID/status")
+    else
+        held=$(tree_pss $(pf_pids) | awk '{print $1}')
+    fi
+    local up; up=$(cat "$ready" 2>/dev/null || echo 0)
+    wait $idle_pid 2>/dev/null || true
+    [[ $1 == portcullis ]] && pt_stop
+    python3 -c "up=int('${up:-0}' or 0); print(up, $held, f'{($held - $base) / max(up, 1):.1f}', $base)"
+}
+
+# --- the rounds ------------------------------------------------------------
+RESULTS=$WORK/results.txt; : > "$RESULTS"
+for r in $(seq "$ROUNDS"); do
+    for sc in $SCENARIOS; do
+        # Alternate which system goes first.
+        if (( r % 2 )); then order="postfix portcullis"; else order="portcullis postfix"; fi
+        for sys in $order; do
+            case $sc in
+                e) line=$(run_e "$sys") ;;
+                f) line=$(run_f "$sys") ;;
+                *) line=$(load_run "$sys" "$sc") ;;
+            esac
+            extra=""
+            [[ $sc != e && $sc != f ]] && extra=" mem_kB=$(cat "$WORK/last-hwm" 2>/dev/null || echo 0)"
+            echo "$r $sc $sys $line$extra" | tee -a "$RESULTS" >&2
+        done
+    done
+done
+
+# --- report ------------------------------------------------------------------
+python3 - "$RESULTS" "$OUT" "$ROUNDS" <<'PY'
+import statistics, sys, os, subprocess, datetime
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+out, rounds = sys.argv[2], sys.argv[3]
+med = lambda xs: statistics.median(xs) if xs else 0.0
+def vals(sc, sys_, i):
+    return [float(r[3 + i]) for r in rows if r[1] == sc and r[2] == sys_]
+targets = {"a": ("5x", 5), "b_app": ("5x Postfix b_sha", 5), "b_argon": (">= 1x", 1),
+           "b_sha": ("(reference)", None), "c": ("2x", 2), "d": ("3x", 3), "e": ("3x", 3)}
+desc = {"a": "(a) 4x100x2KiB STARTTLS+AUTH", "b_app": "(b) new conn+TLS+AUTH/msg, app password",
+        "b_argon": "(b) new conn+TLS+AUTH/msg, Argon2id both", "b_sha": "(b) same, Postfix SHA512-CRYPT",
+        "c": "(c) 4x20x1MiB", "d": "(d) port 25, no TLS/AUTH, 4x100x2KiB", "e": "(e) 10k queued -> sink"}
+mem = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout.split("\n")[1].split()[1]
+disk = subprocess.run(["df", "-hT", "/tmp"], capture_output=True, text=True).stdout.split("\n")[1]
+lines = [f"### Run of {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {rounds} rounds (medians)", "",
+         f"Machine: {os.cpu_count()} cores, {mem} MiB RAM, /tmp on `{' '.join(disk.split()[:3])}`.", "",
+         "| scenario | Postfix msg/s | Portcullis msg/s | ratio | target | met? | CPU/msg Postfix | CPU/msg Portcullis |",
+         "|---|---|---|---|---|---|---|---|"]
+pf_sha = med(vals("b_sha", "postfix", 0))
+for sc in ["a", "b_app", "b_argon", "b_sha", "c", "d", "e"]:
+    p, q = vals(sc, "postfix", 0), vals(sc, "portcullis", 0)
+    if not p and not q:
+        continue
+    mp, mq = med(p), med(q)
+    cp, cq = med(vals(sc, "postfix", 1)), med(vals(sc, "portcullis", 1))
+    base = pf_sha if sc == "b_app" else mp
+    ratio = mq / base if base else 0
+    t, k = targets[sc]
+    met = "-" if k is None else ("yes" if ratio >= k else "**no**")
+    extra = ""
+    if sc == "a":
+        met += " (CPU " + ("yes" if cq <= 300 else "**no**") + ", target <= 300 us)"
+    lines.append(f"| {desc[sc]} | {mp:.1f} | {mq:.1f} | {ratio:.2f}x{' vs b_sha' if sc == 'b_app' else ''} | {t} | {met} | {cp:.0f} us | {cq:.0f} us |")
+f_pf = [r for r in rows if r[1] == "f" and r[2] == "postfix"]
+f_pt = [r for r in rows if r[1] == "f" and r[2] == "portcullis"]
+if f_pt or f_pf:
+    lines += ["", "| (f) idle implicit-TLS sessions | sessions up | server memory held | per session | extrapolated to 10,000 |", "|---|---|---|---|---|"]
+    for name, rs, what in (("Postfix+Dovecot (PSS, all processes)", f_pf, "PSS"), ("Portcullis (RSS)", f_pt, "RSS")):
+        if rs:
+            up = med([float(r[3]) for r in rs]); held = med([float(r[4]) for r in rs]); per = med([float(r[5]) for r in rs])
+            lines.append(f"| {name} | {up:.0f} | {held/1024:.1f} MiB {what} | {per:.1f} KiB | {(per*10000 + float(rs[0][6]))/1024:.0f} MiB |")
+c_mem = [r for r in rows if r[1] == "c"]
+if c_mem:
+    pq = med([float(r[7].split("=")[1]) for r in c_mem if r[2] == "portcullis" and len(r) > 7])
+    lines += ["", f"Scenario (c) Portcullis peak RSS (VmHWM): {pq/1024:.1f} MiB."]
+lines += ["", "Raw runs (round scenario system msg/s cpu_us/msg ok failed [mem]):", "", "```"] + [" ".join(r) for r in rows] + ["```", ""]
+open(out, "a").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+log "results appended to $OUT"

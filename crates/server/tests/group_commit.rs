@@ -1,0 +1,193 @@
+//! Group commit (issue 9): many sessions committing at once all get their
+//! own answer — every one 250 and queued when the store works, every one
+//! 451 and nothing queued (no orphan spool file) when it fails. Never a 250
+//! for a message whose batch failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use portcullis_server::Server;
+use portcullis_server::config::{Config, ListenerRole};
+use portcullis_store::{SqliteStore, Store, password};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Barrier;
+
+const PASSWORD: &str = "correct horse battery";
+const SESSIONS: usize = 24;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    store: SqliteStore,
+    server: Arc<Server>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let mut config = Config::default_config();
+    config.delivery.enabled = false;
+    config.data_dir = data_dir.clone();
+    config.hostname = "mx.test".into();
+    config.security.auth_min_duration = Duration::from_millis(1);
+    for role in ListenerRole::ALL {
+        config.listeners.get_mut(role).address = "127.0.0.1:0".parse().unwrap();
+    }
+    let store = SqliteStore::open(&data_dir.join("portcullis.db"))
+        .await
+        .unwrap();
+    let hash = password::hash_password(PASSWORD).unwrap();
+    store
+        .add_account("alice@example.com", &hash, "standard")
+        .await
+        .unwrap();
+    let server = Server::bind(Arc::new(config), Arc::new(store.clone()))
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        data_dir,
+        store,
+        server: Arc::new(server),
+    }
+}
+
+fn plain() -> String {
+    let raw = format!("\0alice@example.com\0{PASSWORD}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// Both barriers are shared by every session and the test.
+struct Gates {
+    /// Every session has its 354.
+    ready: Barrier,
+    /// Send the bodies.
+    go: Barrier,
+}
+
+fn gates() -> Arc<Gates> {
+    Arc::new(Gates {
+        ready: Barrier::new(SESSIONS + 1),
+        go: Barrier::new(SESSIONS + 1),
+    })
+}
+
+/// One authenticated session up to DATA's 354; then waits for the gates and
+/// sends the body. Returns the reply to the final dot.
+async fn session(server: Arc<Server>, n: usize, gates: Arc<Gates>) -> String {
+    let (client, server_side) = tokio::io::duplex(64 * 1024);
+    // One address each: per-IP connection caps are not under test.
+    let peer = format!("192.0.2.{}:40000", n + 1).parse().unwrap();
+    let serve = tokio::spawn(async move {
+        server
+            .serve_stream(server_side, ListenerRole::Submission, peer, true)
+            .await;
+    });
+    let (read, mut write) = tokio::io::split(client);
+    let mut reader = BufReader::new(read);
+    let reply = async |reader: &mut BufReader<_>| loop {
+        let mut got = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), reader.read_line(&mut got));
+        assert!(read.await.unwrap().unwrap() > 0, "session {n} closed");
+        if got.as_bytes().get(3) != Some(&b'-') {
+            return got.trim_end().to_owned();
+        }
+    };
+    reply(&mut reader).await;
+    for line in [
+        "EHLO c.test".to_owned(),
+        plain(),
+        "MAIL FROM:<alice@example.com>".to_owned(),
+        format!("RCPT TO:<bob{n}@example.org>"),
+        "DATA".to_owned(),
+    ] {
+        write
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let got = reply(&mut reader).await;
+        assert!(
+            got.starts_with('2') || got.starts_with('3'),
+            "{line}: {got}"
+        );
+    }
+    gates.ready.wait().await;
+    gates.go.wait().await;
+    let body = format!("From: alice@example.com\r\nSubject: {n}\r\n\r\nbody {n}\r\n.\r\n");
+    write.write_all(body.as_bytes()).await.unwrap();
+    let answer = reply(&mut reader).await;
+    write.write_all(b"QUIT\r\n").await.unwrap();
+    let _ = reply(&mut reader).await;
+    drop(write);
+    serve.await.unwrap();
+    answer
+}
+
+/// The test's side of a gate; a session that failed early never arrives.
+async fn wait(gate: &Barrier) {
+    tokio::time::timeout(Duration::from_secs(60), gate.wait())
+        .await
+        .expect("a session failed before reaching DATA");
+}
+
+fn spool_files(f: &Fixture) -> usize {
+    std::fs::read_dir(f.data_dir.join("spool")).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sessions_all_queued() {
+    let f = fixture().await;
+    let gates = gates();
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|n| tokio::spawn(session(Arc::clone(&f.server), n, Arc::clone(&gates))))
+        .collect();
+    // Every body is sent at once, so the commits overlap.
+    wait(&gates.ready).await;
+    wait(&gates.go).await;
+    let mut ids = Vec::new();
+    for t in tasks {
+        let answer = t.await.unwrap();
+        let id = answer
+            .strip_prefix("250 2.0.0 Ok: queued as ")
+            .unwrap_or_else(|| panic!("expected 250, got {answer}"));
+        ids.push(id.to_owned());
+    }
+    let mut queued: Vec<String> = f
+        .store
+        .list_queue()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    queued.sort();
+    assert_eq!(ids, queued);
+    assert_eq!(spool_files(&f), SESSIONS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_unavailable_fails_every_session() {
+    let f = fixture().await;
+    let gates = gates();
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|n| tokio::spawn(session(Arc::clone(&f.server), n, Arc::clone(&gates))))
+        .collect();
+    // Every session is in DATA; the store goes away before any commit.
+    wait(&gates.ready).await;
+    f.store.close().await;
+    wait(&gates.go).await;
+    for t in tasks {
+        let answer = t.await.unwrap();
+        assert!(
+            answer.starts_with("451 4.3.0"),
+            "expected 451, got {answer}"
+        );
+    }
+    assert_eq!(spool_files(&f), 0, "orphan spool files left");
+}
