@@ -9,6 +9,7 @@
 //! password of the account; expiry and allowlists honoured) or main password
 //! (Argon2; disabled, account allowlist, 2FA → 534, maximum age) → audit.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +118,14 @@ pub struct AuthService {
     bruteforce: BruteForce,
     bans: BanList,
     audit: AuditLog,
+    /// When each (account, app password, client IP) use was last written,
+    /// Unix seconds: a use is recorded at most once per
+    /// [`TOUCH_INTERVAL_S`], not with one write transaction per login.
+    touched: std::sync::Mutex<HashMap<(String, String, IpAddr), i64>>,
 }
+
+/// How stale an app password's "last used" may be (issue 9).
+const TOUCH_INTERVAL_S: i64 = 60;
 
 fn normalise(s: &str) -> String {
     s.trim().to_ascii_lowercase()
@@ -148,6 +156,26 @@ impl AuthService {
             security: security.clone(),
             bans: BanList::new(),
             audit,
+            touched: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether this use of an app password must be written (the first from
+    /// this IP in [`TOUCH_INTERVAL_S`]); remembers it if so.
+    fn should_touch(&self, account: &str, name: &str, ip: IpAddr, now_secs: i64) -> bool {
+        let Ok(mut touched) = self.touched.lock() else {
+            return true;
+        };
+        if touched.len() >= 10_000 {
+            touched.retain(|_, at| now_secs - *at < TOUCH_INTERVAL_S);
+        }
+        let key = (account.to_owned(), name.to_owned(), ip);
+        match touched.get(&key) {
+            Some(at) if now_secs - *at < TOUCH_INTERVAL_S => false,
+            _ => {
+                touched.insert(key, now_secs);
+                true
+            }
         }
     }
 
@@ -432,17 +460,19 @@ impl AuthService {
                 if !ip_allowed(&app.allowed_ips, ip) || !ip_allowed(&security.allowed_ips, ip) {
                     return fail(AuthReason::IpNotAllowed);
                 }
-                let store = Arc::clone(&self.store);
-                let (name, ip_text) = (app.name.clone(), ip.to_string());
-                let touched = account.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store
-                        .touch_app_password(&touched, &name, now_secs, &ip_text)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot record app password use");
-                    }
-                });
+                if self.should_touch(&account, &app.name, ip, now_secs) {
+                    let store = Arc::clone(&self.store);
+                    let (name, ip_text) = (app.name.clone(), ip.to_string());
+                    let touched = account.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store
+                            .touch_app_password(&touched, &name, now_secs, &ip_text)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cannot record app password use");
+                        }
+                    });
+                }
                 return Checked {
                     outcome: AuthOutcome::Success { user: account },
                     reason: AuthReason::Ok,
