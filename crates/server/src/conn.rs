@@ -22,6 +22,11 @@ use crate::spool::{Origin, Spool, SpoolWriter};
 use crate::throttle::{Admission, Gcra, human_duration};
 use crate::tls::TlsManager;
 
+/// First read buffer of a connection (commands are short).
+const READ_BUF_START: usize = 2 * 1024;
+/// Largest read buffer (one TLS record of plaintext).
+const READ_BUF_MAX: usize = 16 * 1024;
+
 /// A byte stream a session can run on: TCP, TLS over TCP, or an in-memory duplex in tests.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -112,6 +117,9 @@ struct Driver {
     peer: SocketAddr,
     io: Option<Box<dyn Io>>,
     out: Vec<u8>,
+    /// Read buffer: [`READ_BUF_START`] octets, doubled up to
+    /// [`READ_BUF_MAX`] while reads fill it.
+    rbuf: Vec<u8>,
     tls_info: Option<String>,
     spool: Option<SpoolWriter>,
     deadline: Instant,
@@ -176,6 +184,7 @@ pub(crate) async fn serve(
         peer,
         io: Some(io),
         out: Vec::with_capacity(1024),
+        rbuf: Vec::new(),
         tls_info,
         spool: None,
         reserved: None,
@@ -453,7 +462,13 @@ impl Driver {
                 .say_and_end(Reply::shutting_down(), End::Shutdown)
                 .await);
         }
-        let mut buf = [0u8; 16 * 1024];
+        // Issue 9: a 16 KiB array here lived in every connection's future,
+        // idle or not. The buffer starts small and grows while reads fill it
+        // (message bodies), so an idle session holds 2 KiB.
+        let mut buf = std::mem::take(&mut self.rbuf);
+        if buf.is_empty() {
+            buf = vec![0; READ_BUF_START];
+        }
         let idle = self.listener.idle_timeout;
         let deadline = self.deadline;
         let Some(io) = self.io.as_mut() else {
@@ -485,7 +500,12 @@ impl Driver {
         };
         match result {
             Ok(Ok(0)) => session.eof(),
-            Ok(Ok(n)) => session.push(&buf[..n]),
+            Ok(Ok(n)) => {
+                session.push(&buf[..n]);
+                if n == buf.len() && buf.len() < READ_BUF_MAX {
+                    buf.resize((buf.len() * 2).min(READ_BUF_MAX), 0);
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
                 return Err(End::IoError);
@@ -496,6 +516,7 @@ impl Driver {
                     .await);
             }
         }
+        self.rbuf = buf;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod maildir;
 pub mod mx;
+mod recorder;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +76,8 @@ pub struct QueueManager {
     /// `max_connections`: outbound sessions at once, over all destinations.
     global: Arc<Semaphore>,
     per_destination: Mutex<HashMap<Route, Arc<Semaphore>>>,
+    /// Group commit of results (issue 9), started on first use.
+    recorder: std::sync::OnceLock<recorder::Recorder>,
 }
 
 fn now_ms() -> i64 {
@@ -154,6 +157,7 @@ impl QueueManager {
             wake,
             global: Arc::new(Semaphore::new(max_connections)),
             per_destination: Mutex::new(HashMap::new()),
+            recorder: std::sync::OnceLock::new(),
         })
     }
 
@@ -790,19 +794,24 @@ impl QueueManager {
         } else if !dsn_failed.is_empty() {
             tracing::info!(queue_id = %job.message_id, "not bouncing a message with a null sender");
         }
-        match self.store.record_delivery(&outcomes, &notices, now).await {
+        let requeued = !notices.is_empty() || outcomes.iter().any(|o| o.new_address.is_some());
+        let notice_paths: Vec<String> = notices.iter().map(|n| n.spool_path.clone()).collect();
+        let recorder = self
+            .recorder
+            .get_or_init(|| recorder::Recorder::start(Arc::clone(&self.store)));
+        match recorder.record(outcomes, notices, now).await {
             Ok(done) => {
                 for (_, path) in done {
                     let _ = tokio::fs::remove_file(self.config.data_dir.join(path)).await;
                 }
-                if !notices.is_empty() || outcomes.iter().any(|o| o.new_address.is_some()) {
+                if requeued {
                     self.wake.notify_one();
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, queue_id = %job.message_id, "cannot record delivery results; they will be retried");
-                for n in &notices {
-                    let _ = tokio::fs::remove_file(self.config.data_dir.join(&n.spool_path)).await;
+                for path in &notice_paths {
+                    let _ = tokio::fs::remove_file(self.config.data_dir.join(path)).await;
                 }
             }
         }
