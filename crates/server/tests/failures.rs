@@ -38,7 +38,7 @@ async fn fixture() -> Fixture {
         .unwrap();
     let hash = password::hash_password(PASSWORD).unwrap();
     store
-        .add_account("alice@example.com", &hash, "default")
+        .add_account("alice@example.com", &hash, "standard")
         .await
         .unwrap();
     let server = Server::bind(Arc::new(config), Arc::new(store.clone()))
