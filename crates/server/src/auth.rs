@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use portcullis_proto::{AuthOutcome, CredentialRef, Credentials, Reply, Verification};
-use portcullis_store::{AccountStatus, AuthEvent, Ban, Store, StoreError, password};
+use portcullis_store::{AccountStatus, AuthEvent, Ban, Store, StoreError};
 
 use crate::config::SecurityConfig;
 use crate::quota::now_ms;
@@ -129,6 +129,8 @@ impl Checked {
 
 pub struct AuthService {
     store: Arc<dyn Store>,
+    /// Credential, security and app password reads, cached (issue 9).
+    directory: Arc<crate::directory::Directory>,
     /// Derives stable fake SCRAM salts for unknown users (issue 6).
     fake_salt_key: [u8; 32],
     /// Opens sealed CRAM-MD5 secrets; `None` without a secret key.
@@ -139,7 +141,15 @@ pub struct AuthService {
     bruteforce: BruteForce,
     bans: BanList,
     audit: AuditLog,
+    /// When each (account, app password, client IP) use was last written,
+    /// Unix seconds: a use is recorded at most once per
+    /// [`TOUCH_INTERVAL_S`], not with one write transaction per login
+    /// (issue 9).
+    touched: std::sync::Mutex<std::collections::HashMap<(String, String, IpAddr), i64>>,
 }
+
+/// How stale an app password's "last used" may be (issue 9).
+const TOUCH_INTERVAL_S: i64 = 60;
 
 fn normalise(s: &str) -> String {
     s.trim().to_ascii_lowercase()
@@ -163,8 +173,15 @@ pub fn ip_allowed(cidrs: &[String], ip: IpAddr) -> bool {
 }
 
 impl AuthService {
+    /// Shares `directory` (one cache per process) instead of its own.
+    pub fn with_directory(mut self, directory: Arc<crate::directory::Directory>) -> AuthService {
+        self.directory = directory;
+        self
+    }
+
     pub fn new(store: Arc<dyn Store>, security: &SecurityConfig, audit: AuditLog) -> AuthService {
         AuthService {
+            directory: Arc::new(crate::directory::Directory::new(Arc::clone(&store))),
             store,
             fake_salt_key: rand::random(),
             sealer: None,
@@ -173,6 +190,32 @@ impl AuthService {
             security: security.clone(),
             bans: BanList::new(),
             audit,
+            touched: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether this use of an app password must be written (the first from
+    /// this IP in [`TOUCH_INTERVAL_S`]); remembers it if so.
+    pub(crate) fn should_touch(
+        &self,
+        account: &str,
+        name: &str,
+        ip: IpAddr,
+        now_secs: i64,
+    ) -> bool {
+        let Ok(mut touched) = self.touched.lock() else {
+            return true;
+        };
+        if touched.len() >= 10_000 {
+            touched.retain(|_, at| now_secs - *at < TOUCH_INTERVAL_S);
+        }
+        let key = (account.to_owned(), name.to_owned(), ip);
+        match touched.get(&key) {
+            Some(at) if now_secs - *at < TOUCH_INTERVAL_S => false,
+            _ => {
+                touched.insert(key, now_secs);
+                true
+            }
         }
     }
 
@@ -266,7 +309,7 @@ impl AuthService {
         if sender == user {
             return Ok(true);
         }
-        let Some(sec) = self.store.account_security(&user).await? else {
+        let Some(sec) = self.directory.account_security(&user).await? else {
             return Ok(false);
         };
         let domain = sender.rsplit_once('@').map(|(_, d)| d);
@@ -415,7 +458,7 @@ impl AuthService {
                 return Checked::fail(AuthReason::AuthzidMismatch);
             }
         }
-        let credential = match self.store.credential(&creds.username).await {
+        let credential = match self.directory.credential(&creds.username).await {
             Ok(c) => c,
             Err(e) => return unavailable(e),
         };
@@ -424,7 +467,7 @@ impl AuthService {
             return Checked::fail(AuthReason::UnknownUser);
         };
         let account = credential.address.clone();
-        let security = match self.store.account_security(&account).await {
+        let security = match self.directory.account_security(&account).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 // Removed between the two lookups.
@@ -433,7 +476,7 @@ impl AuthService {
             }
             Err(e) => return unavailable(e),
         };
-        let apps = match self.store.app_password_secrets(&account).await {
+        let apps = match self.directory.app_password_secrets(&account).await {
             Ok(a) => a,
             Err(e) => return unavailable(e),
         };
@@ -448,7 +491,7 @@ impl AuthService {
                 // App passwords: a fast digest compare against every one of them.
                 let digest = apppass::digest(password.expose());
                 let mut matched = None;
-                for app in &apps {
+                for app in apps.iter() {
                     if apppass::digest_matches(&digest, &app.digest) && matched.is_none() {
                         matched = Some(app);
                     }
@@ -496,17 +539,79 @@ fn unavailable(e: StoreError) -> Checked {
     }
 }
 
-/// Runs an Argon2 verification on the blocking pool; `None` runs the dummy.
+/// Runs an Argon2 verification on the Argon2 threads; `None` runs the dummy.
 async fn spawn_verify(hash: Option<String>, password: portcullis_proto::Secret) -> bool {
-    tokio::task::spawn_blocking(move || match hash {
-        Some(h) => password::verify_password(&h, password.expose()),
-        None => {
-            password::dummy_verify(password.expose());
-            false
+    argon2_pool::verify(hash, password).await
+}
+
+/// Argon2 verifications run on a fixed set of threads, one per core, instead
+/// of tokio's blocking pool (up to 512 threads). Each verification allocates
+/// its memory cost (19 MiB with the default parameters) and glibc keeps freed
+/// memory per thread arena, so a login flood on the blocking pool grew the
+/// server past 1 GiB (issue 9, scenario b); with one thread per core it is
+/// bounded by cores × memory cost, and so is the CPU a flood of password
+/// guesses can take: verifications beyond the cores wait in a queue.
+mod argon2_pool {
+    use std::sync::{Mutex, OnceLock, mpsc};
+
+    use portcullis_store::password;
+    use tokio::sync::oneshot;
+
+    struct Job {
+        hash: Option<String>,
+        password: portcullis_proto::Secret,
+        done: oneshot::Sender<bool>,
+    }
+
+    static QUEUE: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+
+    fn start() -> Option<Mutex<mpsc::Sender<Job>>> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..threads {
+            let rx = std::sync::Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let ok = match &job.hash {
+                            Some(h) => password::verify_password(h, job.password.expose()),
+                            None => {
+                                password::dummy_verify(job.password.expose());
+                                false
+                            }
+                        };
+                        let _ = job.done.send(ok);
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
         }
-    })
-    .await
-    .unwrap_or(false)
+        (started > 0).then(|| Mutex::new(tx))
+    }
+
+    pub(super) async fn verify(hash: Option<String>, password: portcullis_proto::Secret) -> bool {
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            hash,
+            password,
+            done,
+        };
+        let sent = match QUEUE.get_or_init(start) {
+            Some(queue) => queue.lock().map(|tx| tx.send(job)).is_ok_and(|r| r.is_ok()),
+            None => false,
+        };
+        // No thread could be started: fail closed (the login is refused).
+        sent && answer.await.unwrap_or(false)
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub config: Arc<Config>,
     pub quota: QuotaService,
+    /// Cached directory reads (domains, accounts, aliases, DKIM keys).
+    pub directory: Arc<crate::directory::Directory>,
     /// Per-IP messages per minute on the unauthenticated smtp listener.
     pub mail_rate: Option<Gcra>,
     /// Per-IP new connections per minute, all listeners.
@@ -305,7 +307,7 @@ impl Driver {
                     session.mail_rate_result(outcome);
                 }
                 Action::CheckRecipient(mailbox) => {
-                    let status = check_recipient(&*self.shared.store, &mailbox).await;
+                    let status = check_recipient(&self.shared.directory, &mailbox).await;
                     session.recipient_result(status);
                 }
                 Action::BeginMessage(envelope) => {
@@ -382,7 +384,7 @@ impl Driver {
         let result = match headers {
             Some(h) => {
                 crate::mail_auth::prepare_submission(
-                    &*self.shared.store,
+                    &self.shared.directory,
                     &self.shared.hostname,
                     writer,
                     &h.buf,
@@ -584,7 +586,10 @@ fn log_rejection(reply: &Reply) {
 }
 
 /// Maps store facts about a recipient for the session's relay rule.
-async fn check_recipient(store: &dyn Store, mailbox: &Mailbox) -> RecipientStatus {
+async fn check_recipient(
+    store: &crate::directory::Directory,
+    mailbox: &Mailbox,
+) -> RecipientStatus {
     let portcullis_proto::Domain::Name(domain) = &mailbox.domain else {
         return RecipientStatus::NotLocal;
     };

@@ -9,6 +9,7 @@ mod commit;
 pub mod config;
 mod conn;
 pub mod delivery;
+pub mod directory;
 pub mod mail_auth;
 pub mod oauth;
 pub mod quota;

@@ -21,6 +21,7 @@ use portcullis_proto::{QuotaOutcome, Reply};
 use portcullis_store::Store;
 
 use crate::config::{Config, Plan};
+use crate::directory::Directory;
 use crate::throttle::human_duration;
 use crate::usage::{next_free_ms, window_count};
 
@@ -38,6 +39,9 @@ pub struct Grant {
 
 pub struct QuotaService {
     store: Arc<dyn Store>,
+    /// Plans come from the account, read through the cache (issue 5: the
+    /// check sits on every RCPT and must not cost a store round trip).
+    directory: Arc<Directory>,
     config: Arc<Config>,
     windows: Mutex<HashMap<String, VecDeque<i64>>>,
     /// Per account: when the last "90% of the hourly limit" warning was logged.
@@ -62,6 +66,7 @@ impl QuotaService {
             w.make_contiguous().sort_unstable();
         }
         Ok(QuotaService {
+            directory: Arc::new(Directory::new(Arc::clone(&store))),
             store,
             config,
             windows: Mutex::new(windows),
@@ -69,9 +74,15 @@ impl QuotaService {
         })
     }
 
+    /// Shares `directory` (one cache per process) instead of its own.
+    pub fn with_directory(mut self, directory: Arc<Directory>) -> QuotaService {
+        self.directory = directory;
+        self
+    }
+
     /// The plan of `user` now (plan changes apply at once), with its name.
     pub async fn plan_of(&self, user: &str) -> Result<(String, Plan), QuotaOutcome> {
-        let account = match self.store.account(user).await {
+        let account = match self.directory.account(user).await {
             Ok(Some(a)) => a,
             Ok(None) => return Err(QuotaOutcome::TemporaryFailure),
             Err(e) => {

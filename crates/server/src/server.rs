@@ -137,13 +137,16 @@ impl Server {
         } else {
             None
         };
+        let directory = Arc::new(crate::directory::Directory::new(Arc::clone(&store)));
         let quota = QuotaService::load(Arc::clone(&store), Arc::clone(&config))
             .await
-            .map_err(ServerError::Usage)?;
+            .map_err(ServerError::Usage)?
+            .with_directory(Arc::clone(&directory));
         let throttle = &config.throttle;
         let (audit, _audit_task) =
             AuditLog::start(Arc::clone(&store), Some(config.mail_log_path()));
         let auth = AuthService::new(Arc::clone(&store), &config.security, audit)
+            .with_directory(Arc::clone(&directory))
             .with_tokens(
                 crate::oauth::TokenValidator::new(
                     &config.oauth,
@@ -182,6 +185,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             mail_auth,
+            directory,
             quota,
             mail_rate: Gcra::per_minute(throttle.smtp_messages_per_minute, throttle.burst),
             connection_rate: Gcra::per_minute(throttle.connections_per_minute, throttle.burst),

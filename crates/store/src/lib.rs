@@ -594,6 +594,18 @@ pub trait Store: Send + Sync + 'static {
     /// if accounts still use it.
     async fn remove_domain(&self, domain: &str) -> Result<()>;
 
+    /// A token that changes whenever directory data changes — accounts
+    /// (status, plan, password, keys), domains, aliases, app passwords,
+    /// account security and DKIM keys — whichever process made the change.
+    /// It must be cheap (no query: it is read on every lookup of a cache).
+    /// Callers may cache directory reads made after reading token `t` for as
+    /// long as the token still reads `t`. `None` (the default) means the
+    /// backend cannot tell, and nothing may be cached. Queue, delivery,
+    /// usage, audit and ban writes need not change it.
+    fn directory_token(&self) -> Option<u128> {
+        None
+    }
+
     /// Whether `domain` is a local domain.
     async fn is_local_domain(&self, domain: &str) -> Result<bool>;
 

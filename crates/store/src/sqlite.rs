@@ -8,6 +8,7 @@
 //! `BEGIN IMMEDIATE` so they wait (up to the 5 s busy timeout) for another
 //! writer instead of failing on a stale read snapshot.
 
+mod change_token;
 mod connect;
 mod delivery;
 mod domains;
@@ -71,6 +72,7 @@ const MAX_CONNECTIONS: u32 = 4;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    token: std::sync::Arc<change_token::ChangeToken>,
 }
 
 impl SqliteStore {
@@ -116,7 +118,14 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
-        Ok(SqliteStore { pool })
+        let token = std::sync::Arc::new(change_token::ChangeToken::open(path));
+        Ok(SqliteStore { pool, token })
+    }
+
+    /// Marks directory data (accounts, domains, aliases, credentials, keys,
+    /// plans) as changed, for every process's [`Store::directory_token`].
+    fn directory_changed(&self) {
+        self.token.bump();
     }
 
     /// Closes every connection, waiting for those in use to be returned.
@@ -368,45 +377,54 @@ type QueueRow = (
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn directory_token(&self) -> Option<u128> {
+        self.token.read()
+    }
+
     async fn add_account(&self, address: &str, password_hash: &str, plan: &str) -> Result<Account> {
-        let (address, domain) = normalize_account_address(address)?;
-        check_password_hash(password_hash)?;
-        let plan = normalize_plan(plan)?;
-        let now = now();
-        let mut tx = self.begin_write("add_account").await?;
-        sqlx::query(
-            "INSERT INTO domains (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&domain)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unavailable("add_account: adding domain", e))?;
-        sqlx::query(
-            "INSERT INTO accounts \
-             (address, password_hash, status, plan, created_at, updated_at, password_changed_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&address)
-        .bind(password_hash)
-        .bind(AccountStatus::Active.as_str())
-        .bind(&plan)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| insert_error("add_account", &address, e))?;
-        tx.commit()
+        let result: Result<Account> = async {
+            let (address, domain) = normalize_account_address(address)?;
+            check_password_hash(password_hash)?;
+            let plan = normalize_plan(plan)?;
+            let now = now();
+            let mut tx = self.begin_write("add_account").await?;
+            sqlx::query(
+                "INSERT INTO domains (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&domain)
+            .bind(now)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| unavailable("add_account: commit", e))?;
-        Ok(Account {
-            address,
-            status: AccountStatus::Active,
-            plan,
-            created_at: now,
-            updated_at: now,
-        })
+            .map_err(|e| unavailable("add_account: adding domain", e))?;
+            sqlx::query(
+                "INSERT INTO accounts \
+                 (address, password_hash, status, plan, created_at, updated_at, password_changed_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&address)
+            .bind(password_hash)
+            .bind(AccountStatus::Active.as_str())
+            .bind(&plan)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error("add_account", &address, e))?;
+            tx.commit()
+                .await
+                .map_err(|e| unavailable("add_account: commit", e))?;
+            Ok(Account {
+                address,
+                status: AccountStatus::Active,
+                plan,
+                created_at: now,
+                updated_at: now,
+            })
+        }
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn account(&self, address: &str) -> Result<Option<Account>> {
@@ -431,77 +449,97 @@ impl Store for SqliteStore {
     }
 
     async fn set_password_hash(&self, address: &str, password_hash: &str) -> Result<()> {
-        let address = normalize_address(address)?;
-        check_password_hash(password_hash)?;
-        let now = now();
-        let done = sqlx::query(
-            "UPDATE accounts SET password_hash = ?, updated_at = ?, password_changed_at = ?, \
-             scram_salt = NULL, scram_iterations = NULL, scram_stored_key = NULL, \
-             scram_server_key = NULL WHERE address = ?",
-        )
-        .bind(password_hash)
-        .bind(now)
-        .bind(now)
-        .bind(&address)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| unavailable("set_password_hash", e))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(address));
+        let result: Result<()> = async {
+            let address = normalize_address(address)?;
+            check_password_hash(password_hash)?;
+            let now = now();
+            let done = sqlx::query(
+                "UPDATE accounts SET password_hash = ?, updated_at = ?, password_changed_at = ?, \
+                 scram_salt = NULL, scram_iterations = NULL, scram_stored_key = NULL, \
+                 scram_server_key = NULL WHERE address = ?",
+            )
+            .bind(password_hash)
+            .bind(now)
+            .bind(now)
+            .bind(&address)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unavailable("set_password_hash", e))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(address));
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn set_account_status(&self, address: &str, status: AccountStatus) -> Result<()> {
-        let address = normalize_address(address)?;
-        self.update_account_column(
-            "set_account_status",
-            "status",
-            status.as_str().to_owned(),
-            address,
-        )
-        .await
+        let result: Result<()> = async {
+            let address = normalize_address(address)?;
+            self.update_account_column(
+                "set_account_status",
+                "status",
+                status.as_str().to_owned(),
+                address,
+            )
+            .await
+        }
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn set_account_plan(&self, address: &str, plan: &str) -> Result<()> {
-        let address = normalize_address(address)?;
-        let plan = normalize_plan(plan)?;
-        self.update_account_column("set_account_plan", "plan", plan, address)
-            .await
+        let result: Result<()> = async {
+            let address = normalize_address(address)?;
+            let plan = normalize_plan(plan)?;
+            self.update_account_column("set_account_plan", "plan", plan, address)
+                .await
+        }
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn remove_account(&self, address: &str) -> Result<()> {
-        let address = normalize_address(address)?;
-        let mut tx = self.begin_write("remove_account").await?;
-        let done = sqlx::query("DELETE FROM accounts WHERE address = ?")
-            .bind(&address)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| unavailable("remove_account", e))?;
-        if done.rows_affected() == 0 {
-            // Dropping the transaction rolls it back; nothing was changed.
-            return Err(StoreError::NotFound(address));
-        }
-        sqlx::query("DELETE FROM usage_events WHERE account = ?")
-            .bind(&address)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| unavailable("remove_account: usage", e))?;
-        // The foreign keys cascade too; deleting explicitly keeps this
-        // independent of the connection's foreign_keys setting.
-        for (table, what) in [
-            ("app_passwords", "remove_account: app passwords"),
-            ("account_senders", "remove_account: allowed senders"),
-        ] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE account = ?"))
+        let result: Result<()> = async {
+            let address = normalize_address(address)?;
+            let mut tx = self.begin_write("remove_account").await?;
+            let done = sqlx::query("DELETE FROM accounts WHERE address = ?")
                 .bind(&address)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| unavailable(what, e))?;
+                .map_err(|e| unavailable("remove_account", e))?;
+            if done.rows_affected() == 0 {
+                // Dropping the transaction rolls it back; nothing was changed.
+                return Err(StoreError::NotFound(address));
+            }
+            sqlx::query("DELETE FROM usage_events WHERE account = ?")
+                .bind(&address)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unavailable("remove_account: usage", e))?;
+            // The foreign keys cascade too; deleting explicitly keeps this
+            // independent of the connection's foreign_keys setting.
+            for (table, what) in [
+                ("app_passwords", "remove_account: app passwords"),
+                ("account_senders", "remove_account: allowed senders"),
+            ] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE account = ?"))
+                    .bind(&address)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| unavailable(what, e))?;
+            }
+            tx.commit()
+                .await
+                .map_err(|e| unavailable("remove_account: commit", e))
         }
-        tx.commit()
-            .await
-            .map_err(|e| unavailable("remove_account: commit", e))
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn credential(&self, address: &str) -> Result<Option<Credential>> {
@@ -525,14 +563,19 @@ impl Store for SqliteStore {
     }
 
     async fn add_domain(&self, domain: &str) -> Result<()> {
-        let domain = normalize_domain(domain)?;
-        sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?)")
-            .bind(&domain)
-            .bind(now())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| insert_error("add_domain", &domain, e))?;
-        Ok(())
+        let result: Result<()> = async {
+            let domain = normalize_domain(domain)?;
+            sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?)")
+                .bind(&domain)
+                .bind(now())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| insert_error("add_domain", &domain, e))?;
+            Ok(())
+        }
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn list_domains(&self) -> Result<Vec<String>> {
@@ -543,38 +586,43 @@ impl Store for SqliteStore {
     }
 
     async fn remove_domain(&self, domain: &str) -> Result<()> {
-        let domain = normalize_domain(domain)?;
-        let mut tx = self.begin_write("remove_domain").await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?)")
+        let result: Result<()> = async {
+            let domain = normalize_domain(domain)?;
+            let mut tx = self.begin_write("remove_domain").await?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM domains WHERE name = ?)")
+                    .bind(&domain)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| unavailable("remove_domain", e))?;
+            if !exists {
+                return Err(StoreError::NotFound(domain));
+            }
+            let accounts: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM accounts WHERE substr(address, instr(address, '@') + 1) = ?",
+            )
+            .bind(&domain)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| unavailable("remove_domain: counting accounts", e))?;
+            if accounts > 0 {
+                let noun = if accounts == 1 { "account" } else { "accounts" };
+                return Err(StoreError::Invalid(format!(
+                    "domain {domain} still has {accounts} {noun}"
+                )));
+            }
+            sqlx::query("DELETE FROM domains WHERE name = ?")
                 .bind(&domain)
-                .fetch_one(&mut *tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| unavailable("remove_domain", e))?;
-        if !exists {
-            return Err(StoreError::NotFound(domain));
+            tx.commit()
+                .await
+                .map_err(|e| unavailable("remove_domain: commit", e))
         }
-        let accounts: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM accounts WHERE substr(address, instr(address, '@') + 1) = ?",
-        )
-        .bind(&domain)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| unavailable("remove_domain: counting accounts", e))?;
-        if accounts > 0 {
-            let noun = if accounts == 1 { "account" } else { "accounts" };
-            return Err(StoreError::Invalid(format!(
-                "domain {domain} still has {accounts} {noun}"
-            )));
-        }
-        sqlx::query("DELETE FROM domains WHERE name = ?")
-            .bind(&domain)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| unavailable("remove_domain", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| unavailable("remove_domain: commit", e))
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn is_local_domain(&self, domain: &str) -> Result<bool> {
@@ -698,8 +746,13 @@ impl Store for SqliteStore {
         expires_at: Option<i64>,
         allowed_ips: &[String],
     ) -> Result<()> {
-        self.add_app_password_impl(account, name, digest, expires_at, allowed_ips)
-            .await
+        let result: Result<()> = async {
+            self.add_app_password_impl(account, name, digest, expires_at, allowed_ips)
+                .await
+        }
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn list_app_passwords(&self, account: &str) -> Result<Vec<AppPassword>> {
@@ -707,7 +760,9 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_app_password(&self, account: &str, name: &str) -> Result<()> {
-        self.revoke_app_password_impl(account, name).await
+        let result: Result<()> = async { self.revoke_app_password_impl(account, name).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn app_password_secrets(&self, account: &str) -> Result<Vec<AppPasswordSecret>> {
@@ -723,19 +778,29 @@ impl Store for SqliteStore {
     }
 
     async fn set_totp_secret(&self, account: &str, secret: Option<&str>) -> Result<()> {
-        self.set_totp_secret_impl(account, secret).await
+        let result: Result<()> = async { self.set_totp_secret_impl(account, secret).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn set_allowed_ips(&self, account: &str, cidrs: &[String]) -> Result<()> {
-        self.set_allowed_ips_impl(account, cidrs).await
+        let result: Result<()> = async { self.set_allowed_ips_impl(account, cidrs).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn add_allowed_sender(&self, account: &str, sender: &str) -> Result<()> {
-        self.add_allowed_sender_impl(account, sender).await
+        let result: Result<()> =
+            async { self.add_allowed_sender_impl(account, sender).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn remove_allowed_sender(&self, account: &str, sender: &str) -> Result<()> {
-        self.remove_allowed_sender_impl(account, sender).await
+        let result: Result<()> =
+            async { self.remove_allowed_sender_impl(account, sender).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn record_auth_events(&self, events: &[AuthEvent]) -> Result<()> {
@@ -816,11 +881,15 @@ impl Store for SqliteStore {
     }
 
     async fn add_alias(&self, alias: &str, target: &str) -> Result<()> {
-        self.add_alias_impl(alias, target).await
+        let result: Result<()> = async { self.add_alias_impl(alias, target).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn remove_alias(&self, alias: &str) -> Result<()> {
-        self.remove_alias_impl(alias).await
+        let result: Result<()> = async { self.remove_alias_impl(alias).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn list_aliases(&self) -> Result<Vec<crate::Alias>> {
@@ -832,7 +901,9 @@ impl Store for SqliteStore {
     }
 
     async fn set_scram_keys(&self, account: &str, keys: Option<&ScramCredential>) -> Result<()> {
-        self.set_scram_keys_impl(account, keys).await
+        let result: Result<()> = async { self.set_scram_keys_impl(account, keys).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn set_app_password_keys(
@@ -842,8 +913,13 @@ impl Store for SqliteStore {
         scram: Option<&ScramCredential>,
         cram_sealed: Option<&[u8]>,
     ) -> Result<()> {
-        self.set_app_password_keys_impl(account, name, scram, cram_sealed)
-            .await
+        let result: Result<()> = async {
+            self.set_app_password_keys_impl(account, name, scram, cram_sealed)
+                .await
+        }
+        .await;
+        self.directory_changed();
+        result
     }
 
     async fn scram_keys(&self, account: &str) -> Result<Vec<ScramKeysOf>> {
@@ -859,7 +935,10 @@ impl Store for SqliteStore {
         domain: &str,
         keys: &[crate::NewDkimKey],
     ) -> Result<crate::DkimKeyState> {
-        self.add_dkim_keys_impl(domain, keys).await
+        let result: Result<crate::DkimKeyState> =
+            async { self.add_dkim_keys_impl(domain, keys).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn dkim_keys(&self, domain: &str) -> Result<Vec<crate::DkimKey>> {
@@ -867,11 +946,15 @@ impl Store for SqliteStore {
     }
 
     async fn activate_dkim_tag(&self, domain: &str, tag: &str) -> Result<()> {
-        self.activate_dkim_tag_impl(domain, tag).await
+        let result: Result<()> = async { self.activate_dkim_tag_impl(domain, tag).await }.await;
+        self.directory_changed();
+        result
     }
 
     async fn remove_dkim_tag(&self, domain: &str, tag: &str) -> Result<()> {
-        self.remove_dkim_tag_impl(domain, tag).await
+        let result: Result<()> = async { self.remove_dkim_tag_impl(domain, tag).await }.await;
+        self.directory_changed();
+        result
     }
 
     // --- Batching (issue 9) ---------------------------------------------------

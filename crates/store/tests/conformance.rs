@@ -646,3 +646,19 @@ async fn sqlite_dkim_keys() {
     let (_dir, store) = fresh().await;
     suite_dkim_keys(store).await;
 }
+
+#[tokio::test]
+async fn sqlite_directory_token_seen_by_another_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let server = open(&path).await;
+    let cli = open(&path).await;
+    assert!(
+        server.directory_token().is_some(),
+        "the SQLite backend supports the token"
+    );
+    suite_directory_token(Arc::clone(&server), Arc::clone(&cli)).await;
+    // And in the writer's own handle.
+    let (_dir2, store) = fresh().await;
+    suite_directory_token(Arc::clone(&store), store).await;
+}

@@ -33,17 +33,19 @@ impl AuthService {
         if !ip_allowed(&app.allowed_ips, ip) || !ip_allowed(&account.security.allowed_ips, ip) {
             return fail(AuthReason::IpNotAllowed);
         }
-        let store = Arc::clone(&self.store);
-        let (name, ip_text) = (app.name.clone(), ip.to_string());
-        let touched = account.address.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store
-                .touch_app_password(&touched, &name, now_secs, &ip_text)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record app password use");
-            }
-        });
+        if self.should_touch(&account.address, &app.name, ip, now_secs) {
+            let store = Arc::clone(&self.store);
+            let (name, ip_text) = (app.name.clone(), ip.to_string());
+            let touched = account.address.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store
+                    .touch_app_password(&touched, &name, now_secs, &ip_text)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot record app password use");
+                }
+            });
+        }
         Checked {
             outcome: AuthOutcome::Success {
                 user: account.address.clone(),

@@ -166,12 +166,12 @@ impl AuthService {
         if !claimed.is_empty() && claimed != valid.address {
             return fail(AuthReason::AuthzidMismatch);
         }
-        let credential = match self.store.credential(&valid.address).await {
+        let credential = match self.directory.credential(&valid.address).await {
             Ok(Some(c)) => c,
             Ok(None) => return fail(AuthReason::UnknownUser),
             Err(e) => return unavailable(e),
         };
-        let security = match self.store.account_security(&credential.address).await {
+        let security = match self.directory.account_security(&credential.address).await {
             Ok(Some(s)) => s,
             Ok(None) => return fail(AuthReason::UnknownUser),
             Err(e) => return unavailable(e),

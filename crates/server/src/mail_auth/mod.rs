@@ -16,7 +16,7 @@ pub mod resolver;
 pub mod sign;
 
 use portcullis_proto::{EnqueueOutcome, Reply, ReversePath};
-use portcullis_store::{DkimKeyState, Store};
+use portcullis_store::DkimKeyState;
 
 use crate::config::Config;
 use crate::spool::SpoolWriter;
@@ -35,7 +35,7 @@ fn from_domain(header_block: &[u8]) -> Option<String> {
 /// signatures with every active key of the From: domain when it is a local
 /// sending domain. `Err` is the reply to give instead of queueing.
 pub(crate) async fn prepare_submission(
-    store: &dyn Store,
+    directory: &crate::directory::Directory,
     hostname: &str,
     writer: &mut SpoolWriter,
     header_block: &[u8],
@@ -45,7 +45,7 @@ pub(crate) async fn prepare_submission(
         writer.insert_headers(&fixups).await;
         return Ok(());
     };
-    let stored = match store.dkim_keys(&domain).await {
+    let stored = match directory.dkim_keys(&domain).await {
         Ok(keys) => keys,
         Err(e) => {
             tracing::error!(error = %e, domain, "DKIM key lookup failed");

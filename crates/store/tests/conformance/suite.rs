@@ -3370,3 +3370,110 @@ pub async fn suite_enqueue_batch(store: Arc<dyn Store>) {
     claimed.sort_unstable();
     assert_eq!(claimed, ["B1", "B2", "B3"]);
 }
+
+/// The directory change token (issues 5 and 9): every directory write made
+/// through `writer` changes the token that `reader` (another handle on the
+/// same data, as the admin CLI and the server are) reads, so a cache keyed by
+/// it can never serve stale accounts, plans, domains, aliases, credentials or
+/// keys. Backends without a token (`None`) pass trivially: nothing may be
+/// cached for them.
+pub async fn suite_directory_token(reader: Arc<dyn Store>, writer: Arc<dyn Store>) {
+    let Some(mut last) = reader.directory_token() else {
+        return;
+    };
+    assert_eq!(
+        reader.directory_token(),
+        Some(last),
+        "stable while nothing changes"
+    );
+    let mut expect_change = |what: &str, reader: &Arc<dyn Store>| {
+        let now = reader.directory_token().expect("token");
+        assert_ne!(now, last, "{what} must change the directory token");
+        last = now;
+    };
+    let w = &writer;
+    w.add_account("tok@example.com", &hash("pw"), "standard")
+        .await
+        .unwrap();
+    expect_change("add_account", &reader);
+    w.set_password_hash("tok@example.com", &hash("pw2"))
+        .await
+        .unwrap();
+    expect_change("set_password_hash", &reader);
+    w.set_account_status("tok@example.com", portcullis_store::AccountStatus::Disabled)
+        .await
+        .unwrap();
+    expect_change("set_account_status", &reader);
+    w.set_account_plan("tok@example.com", "premium")
+        .await
+        .unwrap();
+    expect_change("set_account_plan", &reader);
+    w.add_domain("tok.example.org").await.unwrap();
+    expect_change("add_domain", &reader);
+    w.add_app_password("tok@example.com", "phone", &digest(7), None, &[])
+        .await
+        .unwrap();
+    expect_change("add_app_password", &reader);
+    w.set_app_password_keys("tok@example.com", "phone", Some(&scram(1)), None)
+        .await
+        .unwrap();
+    expect_change("set_app_password_keys", &reader);
+    w.revoke_app_password("tok@example.com", "phone")
+        .await
+        .unwrap();
+    expect_change("revoke_app_password", &reader);
+    w.set_totp_secret("tok@example.com", Some("JBSWY3DPEHPK3PXP"))
+        .await
+        .unwrap();
+    expect_change("set_totp_secret", &reader);
+    w.set_allowed_ips("tok@example.com", &["192.0.2.0/24".to_owned()])
+        .await
+        .unwrap();
+    expect_change("set_allowed_ips", &reader);
+    w.add_allowed_sender("tok@example.com", "@tok.example.org")
+        .await
+        .unwrap();
+    expect_change("add_allowed_sender", &reader);
+    w.remove_allowed_sender("tok@example.com", "@tok.example.org")
+        .await
+        .unwrap();
+    expect_change("remove_allowed_sender", &reader);
+    w.set_scram_keys("tok@example.com", Some(&scram(2)))
+        .await
+        .unwrap();
+    expect_change("set_scram_keys", &reader);
+    w.add_alias("info@tok.example.org", "tok@example.com")
+        .await
+        .unwrap();
+    expect_change("add_alias", &reader);
+    w.remove_alias("info@tok.example.org").await.unwrap();
+    expect_change("remove_alias", &reader);
+    w.add_dkim_keys("tok.example.org", &dkim_pair("pc202612"))
+        .await
+        .unwrap();
+    w.add_dkim_keys("tok.example.org", &dkim_pair("pc202701"))
+        .await
+        .unwrap();
+    expect_change("add_dkim_keys", &reader);
+    w.activate_dkim_tag("tok.example.org", "pc202701")
+        .await
+        .unwrap();
+    expect_change("activate_dkim_tag", &reader);
+    w.remove_dkim_tag("tok.example.org", "pc202612")
+        .await
+        .unwrap();
+    expect_change("remove_dkim_tag", &reader);
+    w.remove_domain("tok.example.org").await.unwrap();
+    expect_change("remove_domain", &reader);
+    w.remove_account("tok@example.com").await.unwrap();
+    expect_change("remove_account", &reader);
+    // A refused write may bump the token too (harmless); a read never does.
+    let before = reader.directory_token();
+    let _ = w.account("tok@example.com").await.unwrap();
+    let _ = w.is_local_domain("example.com").await.unwrap();
+    assert_eq!(
+        reader.directory_token(),
+        before,
+        "reads leave the token alone"
+    );
+}
