@@ -117,20 +117,24 @@ impl QuotaService {
         if !self.config.usage.enforce {
             return (QuotaOutcome::Granted, None);
         }
-        let (name, plan) = match cache {
-            Some(p) => p.clone(),
-            None => match self.plan_of(user).await {
-                Ok(p) => {
-                    *cache = Some(p.clone());
-                    p
-                }
+        if cache.is_none() {
+            match self.plan_of(user).await {
+                Ok(p) => *cache = Some(p),
                 Err(outcome) => return (outcome, None),
-            },
+            }
+        }
+        let Some((name, plan)) = cache.as_ref() else {
+            return (QuotaOutcome::TemporaryFailure, None);
         };
         let Ok(mut windows) = self.windows.lock() else {
             return (QuotaOutcome::TemporaryFailure, None);
         };
-        let window = windows.entry(user.to_owned()).or_default();
+        if !windows.contains_key(user) {
+            windows.insert(user.to_owned(), VecDeque::new());
+        }
+        let Some(window) = windows.get_mut(user) else {
+            return (QuotaOutcome::TemporaryFailure, None);
+        };
         while window.front().is_some_and(|t| *t <= now - DAY_MS) {
             window.pop_front();
         }
@@ -147,7 +151,7 @@ impl QuotaService {
                 tracing::info!(user, plan = %name, limit, period, "sending limit reached");
                 return (
                     QuotaOutcome::Refused(Reply::sending_limit(
-                        &name,
+                        name,
                         limit,
                         period,
                         &human_duration(wait),
@@ -161,7 +165,7 @@ impl QuotaService {
         window.insert(pos, now);
         let hourly = window_count(window.make_contiguous(), now, HOUR_MS);
         drop(windows);
-        self.maybe_warn(user, &name, &plan, hourly, now);
+        self.maybe_warn(user, name, plan, hourly, now);
         (
             QuotaOutcome::Granted,
             Some(Grant {
