@@ -161,12 +161,12 @@ impl BodyDecoder {
                         self.st = St::Dot;
                         continue;
                     }
-                    // Fast path: copy a run of ordinary bytes at once.
+                    // Fast path: copy a run of ordinary bytes at once,
+                    // found with a vectorised search (issue 9: the byte
+                    // loop was ~11 instructions per body byte).
                     let start = i - 1;
-                    let mut end = start;
-                    while end < input.len() && input[end] != b'\r' && input[end] != b'\n' {
-                        end += 1;
-                    }
+                    let end = memchr::memchr2(b'\r', b'\n', &input[start..])
+                        .map_or(input.len(), |p| start + p);
                     if end > start {
                         self.ordinary_run(out, &input[start..end]);
                         i = end;
