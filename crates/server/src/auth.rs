@@ -619,6 +619,26 @@ mod argon2_pool {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_threads_answer_every_concurrent_verification() {
+        let hash = portcullis_store::password::hash_password("right horse").unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let hash = (i % 3 != 2).then(|| hash.clone());
+            let guess = if i % 3 == 0 { "right horse" } else { "wrong" };
+            tasks.push(tokio::spawn(spawn_verify(
+                hash,
+                portcullis_proto::Secret::new(guess.to_owned()),
+            )));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        // Right password, wrong password, dummy (always false), twice.
+        assert_eq!(results, [true, false, false, true, false, false]);
+    }
+
     #[test]
     fn allowlists() {
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
