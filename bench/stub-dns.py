@@ -4,8 +4,8 @@
     stub-dns.py PORT PARENT_PID NAME=TXT...
 
 Answers TXT queries for the given names with the given strings (TTL 1 h),
-NODATA for their other types and NXDOMAIN for every other name, on
-127.0.0.1:PORT. Portcullis's inbound SPF/DKIM/DMARC checks of scenario (d)
+NODATA for their other types and NXDOMAIN for every other name (both with
+an SOA, negative TTL 1 h), on 127.0.0.1:PORT. Portcullis's inbound SPF/DKIM/DMARC checks of scenario (d)
 are pointed at it (`[delivery] dns_servers`), so they do the same work on
 every machine: no lookups leave the machine, none wait for a timeout, and a
 networked machine does not fetch the real records of the sender's domain.
@@ -41,9 +41,18 @@ def answer(query):
             rdata = b"".join(bytes([len(t[k:k + 255])]) + t[k:k + 255] for k in range(0, len(t), 255))
             answers.append(b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 3600, len(rdata)) + rdata)
     rcode = 0 if txts is not None else 3
+    # NXDOMAIN and NODATA carry the zone's SOA (the root's, here), as real
+    # servers' do, so that resolvers cache the negative answer.
+    authority = [] if answers else [SOA]
     # QR, AA, RD copied, RA.
     out_flags = 0x8000 | 0x0400 | (flags & 0x0100) | 0x0080 | rcode
-    return struct.pack(">HHHHHH", tid, out_flags, 1, len(answers), 0, 0) + question + b"".join(answers)
+    return (struct.pack(">HHHHHH", tid, out_flags, 1, len(answers), len(authority), 0)
+            + question + b"".join(answers) + b"".join(authority))
+
+
+# ". SOA . . 1 3600 600 86400 3600": owner, type, class, TTL, rdata.
+_soa_rdata = b"\x00\x00" + struct.pack(">IIIII", 1, 3600, 600, 86400, 3600)
+SOA = b"\x00" + struct.pack(">HHIH", 6, 1, 3600, len(_soa_rdata)) + _soa_rdata
 
 
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
