@@ -4,7 +4,8 @@
 # each round so drift hits both alike.
 #
 #   bench/postfix-vs-portcullis.sh [ROUNDS]          (default 3)
-#   SCENARIOS="a b_app b_argon b_sha c d e f" ...    (subset; default all)
+#   SCENARIOS="a a_nodkim a_nolimits b_app b_argon b_sha c d d_noverify e f" ...
+#                                                    (subset; default all)
 #   BIN_DIR=target/release                           (portcullis, portcullis-load)
 #   OUT=bench-results.md                             (markdown table appended)
 #
@@ -22,11 +23,26 @@
 #   d        port-25 style, no TLS/AUTH, 4 x 100 x 2 KiB
 #   e        10,000 queued messages delivered to `portcullis-load sink`
 #   f        10,000 idle implicit-TLS sessions: server memory
+# Portcullis-only cost rows (issue 9: limits, audit and DKIM stay on in the
+# scenarios above; each one's cost is reported as "on vs off"). Each runs in
+# the same round right next to its base scenario's Portcullis run, the order
+# reversed every other round; listed without its base, the base's Portcullis
+# run is still made (without Postfix):
+#   a_nodkim    (a) from an account whose domain has no DKIM keys: no signing
+#               (in a, b_*, c every message gets an Ed25519 and an RSA-2048
+#               signature)
+#   a_nolimits  (a) with [usage] enforce = false: no plan limits
+#   d_noverify  (d) with [inbound] verify = false: no SPF/DKIM/DMARC checks
+#               (Postfix here does none of them)
+# Audit events have no switch: they are on in every Portcullis run.
+# Quick cost run: SCENARIOS="a a_nodkim a_nolimits d d_noverify" ... 3
+# Inbound checks resolve through bench/stub-dns.py on 127.0.0.1 (fixed SPF
+# and DMARC records of the (d) sender's domain): no DNS leaves the machine.
 # Server CPU per message: utime+stime (+ reaped children) of every process of
 # the system under test, from /proc. Every loop is bounded. Not run by CI.
 set -euo pipefail
 ROUNDS=${1:-3}
-SCENARIOS=${SCENARIOS:-"a b_app b_argon b_sha c d e f"}
+SCENARIOS=${SCENARIOS:-"a a_nodkim a_nolimits b_app b_argon b_sha c d d_noverify e f"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 PORTCULLIS="$BIN_DIR/portcullis"; LOAD="$BIN_DIR/portcullis-load"
@@ -61,11 +77,13 @@ PF=$WORK/pf; DV=$WORK/dv; PT=$WORK/pt
 BASE=$((30000 + RANDOM % 20000))
 PF_SMTP=$BASE; PF_SUB=$((BASE+1)); PF_SUBS=$((BASE+2))
 PT_SMTP=$((BASE+3)); PT_SUB=$((BASE+4)); PT_SUBS=$((BASE+5)); SINK_PORT=$((BASE+6))
-PT_PID=""; SINK_PID=""
+DNS_PORT=$((BASE+7))
+PT_PID=""; SINK_PID=""; DNS_PID=""
 
 cleanup() {
     [[ -n $PT_PID ]] && kill "$PT_PID" 2>/dev/null || true
     [[ -n $SINK_PID ]] && kill "$SINK_PID" 2>/dev/null || true
+    [[ -n $DNS_PID ]] && kill "$DNS_PID" 2>/dev/null || true
     postfix -c "$PF/etc" stop >/dev/null 2>&1 || true
     [[ -f $DV/run/master.pid ]] && kill "$(cat "$DV/run/master.pid")" 2>/dev/null || true
     sleep 1
@@ -83,9 +101,14 @@ cp "$WORK/key.pem" "$WORK/cert.pem" "$PF/"
 
 # --- Portcullis ----------------------------------------------------------
 # Every limit stays on (plans enforced, per-IP throttles checked, audit) but
-# set so that none refuses the benchmark's own traffic. AUTH padding is off:
-# it is a sleep, it would only measure itself.
-pt_config() { # $1 = delivery enabled (true|false) -> prints TOML
+# set so that none refuses the benchmark's own traffic; so do DKIM signing
+# and inbound SPF/DKIM/DMARC (the cost rows switch one of them off). AUTH
+# padding is off: it is a sleep, it would only measure itself.
+pt_config() { # $1 delivery enabled, $2 [usage] enforce, $3 [inbound] verify (true|false) -> prints TOML
+    local dns=""
+    # The inbound checks' resolver: the stub (not for delivery, whose relay
+    # host is found through the system's resolver).
+    if [[ $1 == false ]]; then dns="dns_servers = [\"127.0.0.1:$DNS_PORT\"]"; fi
     cat <<TOML
 hostname = "portcullis-bench.localhost"
 data_dir = "$PT/data"
@@ -111,7 +134,10 @@ connections_per_minute = 100000000
 smtp_messages_per_minute = 100000000
 burst = 100000
 [usage]
-enforce = true
+enforce = $2
+[inbound]
+verify = $3
+enforce_dmarc = true
 [plans.bench]
 emails_per_hour = 100000000
 [delivery]
@@ -119,18 +145,39 @@ enabled = $1
 relay_host = "localhost:$SINK_PORT"
 relay_tls = "starttls"
 relay_ca_file = "$WORK/sink-cert.pem"
+$dns
 TOML
 }
 # Replaced by the sink's own certificate before each delivery run (e).
 cp "$WORK/cert.pem" "$WORK/sink-cert.pem"
-pt_config false > "$PT/inbound.toml"
-pt_config true > "$PT/outbound.toml"
+pt_config false true true > "$PT/inbound.toml"
+pt_config false false true > "$PT/inbound-nolimits.toml"    # a_nolimits
+pt_config false true false > "$PT/inbound-noverify.toml"    # d_noverify
+pt_config true true true > "$PT/outbound.toml"
 export PORTCULLIS_CONFIG="$PT/inbound.toml" PORTCULLIS_DATA_DIR="$PT/data"
 export PORTCULLIS_RELAY_USER=relay@example.com PORTCULLIS_RELAY_PASSWORD=relay-secret
 echo "$PASS" | "$PORTCULLIS" account add bench@example.com --plan bench --password-stdin >/dev/null 2>&1
 APP_PASS=$("$PORTCULLIS" app-password add --name bench bench@example.com 2>/dev/null | sed -n 's/^App password: //p')
 "$PORTCULLIS" domain add local.test >/dev/null 2>&1
 "$PORTCULLIS" alias add @local.test bench@example.com >/dev/null 2>&1
+# DKIM: `account add` made example.com a local domain without keys; `domain
+# add` on it generates the active Ed25519 + RSA-2048 pair, so everything
+# bench@example.com submits is signed twice. a_nodkim's account is on a
+# domain without keys (same plan, same kind of credential).
+"$PORTCULLIS" domain add example.com >/dev/null 2>&1
+[[ $("$PORTCULLIS" domain show example.com 2>/dev/null | grep -cw active) -eq 2 ]] \
+    || { log "example.com has no active Ed25519 + RSA DKIM pair"; "$PORTCULLIS" domain show example.com >&2; exit 1; }
+echo "$PASS" | "$PORTCULLIS" account add bench2@nodkim.example --plan bench --password-stdin >/dev/null 2>&1
+APP_PASS2=$("$PORTCULLIS" app-password add --name bench bench2@nodkim.example 2>/dev/null | sed -n 's/^App password: //p')
+if "$PORTCULLIS" domain show nodkim.example 2>/dev/null | grep -qw active; then
+    log "nodkim.example has DKIM keys"; exit 1
+fi
+[[ -n $APP_PASS && -n $APP_PASS2 ]] || { log "could not create the app passwords"; exit 1; }
+# Fixed records of the (d) sender's domain: SPF passes for 127.0.0.1 and
+# DMARC (p=reject, enforced) passes by SPF alignment.
+python3 "$ROOT/bench/stub-dns.py" "$DNS_PORT" $$ \
+    "example.net=v=spf1 ip4:127.0.0.1 -all" "_dmarc.example.net=v=DMARC1; p=reject" &
+DNS_PID=$!
 ARGON_HASH=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"select password_hash from accounts where address='bench@example.com'\").fetchone()[0])" "$PT/data/portcullis.db")
 [[ $ARGON_HASH == '$argon2id$v=19$m=19456,t=2,p=1$'* ]] || { log "unexpected hash parameters: $ARGON_HASH"; exit 1; }
 
@@ -240,29 +287,39 @@ PY
 
 # --- one measured run ------------------------------------------------------
 # load_run SYSTEM SCENARIO -> prints "msgs_per_s cpu_us_per_msg ok failed"
+# (SCENARIO a_nodkim, a_nolimits, d_noverify: Portcullis only)
 load_run() {
-    local sys=$1 sc=$2 port tls user pass args pids
+    local sys=$1 sc=$2 port tls user pass args pids conf=$PT/inbound.toml
     local common=(--insecure --json --timeout 60s)
+    case $sc in
+        a_nolimits) conf=$PT/inbound-nolimits.toml ;;
+        d_noverify) conf=$PT/inbound-noverify.toml ;;
+    esac
+    # A dead DNS stub would turn (d) into a measure of resolver timeouts.
+    kill -0 "$DNS_PID" 2>/dev/null || { log "the DNS stub (bench/stub-dns.py) is not running"; exit 1; }
     case $sys in
         postfix) pids=$(pf_pids) ;;
-        portcullis) pt_start "$PT/inbound.toml"; pids=$PT_PID ;;
+        portcullis) pt_start "$conf"; pids=$PT_PID ;;
     esac
     local sub subs smtp
     if [[ $sys == postfix ]]; then sub=$PF_SUB; subs=$PF_SUBS; smtp=$PF_SMTP; else sub=$PT_SUB; subs=$PT_SUBS; smtp=$PT_SMTP; fi
-    local auth_pass=$PASS auth_user=bench@example.com
+    local auth_pass=$PASS auth_user=bench@example.com from=bench@example.com
     case $sc in
-        a) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 100 --size 2k) ;;
+        a|a_nodkim|a_nolimits) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 100 --size 2k) ;;
         b_app|b_argon|b_sha) args=(--addr "127.0.0.1:$sub" --tls starttls -c 8 -n 25 --per-conn 1 --size 2k) ;;
         c) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 20 --size 1m) ;;
-        d) args=(--addr "127.0.0.1:$smtp" --tls none -c 4 -n 100 --size 2k --from sender@example.net --to-domain local.test) ;;
+        d|d_noverify) args=(--addr "127.0.0.1:$smtp" --tls none -c 4 -n 100 --size 2k --from sender@example.net --to-domain local.test) ;;
     esac
     case $sc in
         b_app) [[ $sys == portcullis ]] && auth_pass=$APP_PASS ;;
-        a|c|b_sha) if [[ $sys == postfix ]]; then auth_user=sha@example.com; auth_pass=$SHA_PASS; else auth_pass=$APP_PASS; fi ;;
+        a|a_nolimits|c|b_sha) if [[ $sys == postfix ]]; then auth_user=sha@example.com; auth_pass=$SHA_PASS; else auth_pass=$APP_PASS; fi ;;
+        a_nodkim) auth_user=bench2@nodkim.example; auth_pass=$APP_PASS2; from=$auth_user ;;
     esac
-    if [[ $sc != d ]]; then
-        args+=(--user "$auth_user" --password "$auth_pass" --from bench@example.com)
-    fi
+    # --from is the envelope and the header From: (DKIM signs by the latter).
+    case $sc in
+        d|d_noverify) ;;
+        *) args+=(--user "$auth_user" --password "$auth_pass" --from "$from") ;;
+    esac
     local t0 t1 json
     t0=$(tree_ticks $pids)
     json=$(timeout 600 "$LOAD" send "${args[@]}" "${common[@]}" || true)
@@ -367,13 +424,55 @@ run_f() { # $1 system -> "sessions_up rss_kB_total kB_per_session baseline_kB"
     python3 -c "up=int('${up:-0}' or 0); print(up, $held, f'{($held - $base) / max(up, 1):.1f}', $base)"
 }
 
+# --- preflight: DKIM signing and inbound checks really happen ---------------
+# Lines starting with $1 in the spool, whatever its layout (one file per
+# message, or segment files holding many).
+spool_count() {
+    { grep -rac "^$1" "$PT/data/spool" 2>/dev/null || true; } | awk -F: '{n += $NF} END {print n + 0}'
+}
+preflight() {
+    local d0 s0 m0 one=(--insecure --json --timeout 30s -c 1 -n 1 --size 2k)
+    d0=$(spool_count DKIM-Signature:); s0=$(spool_count $'\tspf=pass'); m0=$(spool_count $'\tdmarc=pass')
+    pt_start "$PT/inbound.toml"
+    timeout 60 "$LOAD" send --addr "127.0.0.1:$PT_SUB" --tls starttls "${one[@]}" \
+        --user bench@example.com --password "$APP_PASS" --from bench@example.com >/dev/null || true
+    timeout 60 "$LOAD" send --addr "127.0.0.1:$PT_SUB" --tls starttls "${one[@]}" \
+        --user bench2@nodkim.example --password "$APP_PASS2" --from bench2@nodkim.example >/dev/null || true
+    timeout 60 "$LOAD" send --addr "127.0.0.1:$PT_SMTP" --tls none "${one[@]}" \
+        --from sender@example.net --to-domain local.test >/dev/null || true
+    pt_stop
+    local dkim spf dmarc
+    dkim=$(( $(spool_count DKIM-Signature:) - d0 ))
+    spf=$(( $(spool_count $'\tspf=pass') - s0 )); dmarc=$(( $(spool_count $'\tdmarc=pass') - m0 ))
+    log "preflight: $dkim DKIM-Signature fields (want 2: example.com signed, nodkim.example not); inbound spf=pass $spf, dmarc=pass $dmarc (want 1, 1)"
+    if [[ $dkim -ne 2 || $spf -ne 1 || $dmarc -ne 1 ]]; then
+        log "preflight failed; serve log:"; tail -n 20 "$PT/serve.log" >&2; exit 1
+    fi
+}
+preflight
+
 # --- the rounds ------------------------------------------------------------
+# A cost variant runs next to its base scenario's Portcullis run; the whole
+# group's order is reversed every other round (Postfix first in odd rounds),
+# so a linear drift hits each run of a group alike over two rounds.
+base_of() { case $1 in a_nodkim|a_nolimits) echo a ;; d_noverify) echo d ;; *) echo "$1" ;; esac; }
+variants_of() { case $1 in a) echo "a_nodkim a_nolimits" ;; d) echo "d_noverify" ;; esac; }
+listed() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+RUN_GROUPS=""
+for sc in $SCENARIOS; do
+    b=$(base_of "$sc")
+    [[ " $RUN_GROUPS " == *" $b "* ]] || RUN_GROUPS="$RUN_GROUPS $b"
+done
 RESULTS=$WORK/results.txt; : > "$RESULTS"
 for r in $(seq "$ROUNDS"); do
-    for sc in $SCENARIOS; do
-        # Alternate which system goes first.
-        if (( r % 2 )); then order="postfix portcullis"; else order="portcullis postfix"; fi
-        for sys in $order; do
+    for g in $RUN_GROUPS; do
+        if listed "$g"; then runs="postfix:$g portcullis:$g"; else runs="portcullis:$g"; fi
+        for v in $(variants_of "$g"); do
+            if listed "$v"; then runs="$runs portcullis:$v"; fi
+        done
+        if (( r % 2 == 0 )); then runs=$(echo "$runs" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+        for run in $runs; do
+            sys=${run%%:*}; sc=${run#*:}
             case $sc in
                 e) line=$(run_e "$sys") ;;
                 f) line=$(run_f "$sys") ;;
@@ -385,6 +484,12 @@ for r in $(seq "$ROUNDS"); do
         done
     done
 done
+if grep -qE ' (WARN|ERROR) ' "$PT/serve.log" 2>/dev/null; then
+    log "Portcullis logged $(grep -cE ' (WARN|ERROR) ' "$PT/serve.log") warnings/errors ($PT/serve.log), the first:"
+    grep -E ' (WARN|ERROR) ' "$PT/serve.log" | head -n 5 >&2
+else
+    log "Portcullis serve log: no warnings or errors"
+fi
 
 # --- report ------------------------------------------------------------------
 python3 - "$RESULTS" "$OUT" "$ROUNDS" <<'PY'
@@ -408,7 +513,7 @@ lines = [f"### Run of {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {rounds} 
 pf_sha = med(vals("b_sha", "postfix", 0))
 for sc in ["a", "b_app", "b_argon", "b_sha", "c", "d", "e"]:
     p, q = vals(sc, "postfix", 0), vals(sc, "portcullis", 0)
-    if not p and not q:
+    if not p:  # not listed (a cost variant's base runs Portcullis only)
         continue
     mp, mq = med(p), med(q)
     cp, cq = med(vals(sc, "postfix", 1)), med(vals(sc, "portcullis", 1))
@@ -420,6 +525,23 @@ for sc in ["a", "b_app", "b_argon", "b_sha", "c", "d", "e"]:
     if sc == "a":
         met += " (CPU " + ("yes" if cq <= 300 else "**no**") + ", target <= 300 us)"
     lines.append(f"| {desc[sc]} | {mp:.1f} | {mq:.1f} | {ratio:.2f}x{' vs b_sha' if sc == 'b_app' else ''} | {t} | {met} | {cp:.0f} us | {cq:.0f} us |")
+costs = [("a_nodkim", "a", "(a) DKIM signing (Ed25519 + RSA-2048 signature per message) on vs off"),
+         ("a_nolimits", "a", "(a) plan limits (`[usage] enforce`) on vs off"),
+         ("d_noverify", "d", "(d) inbound SPF/DKIM/DMARC verification (`[inbound] verify`) on vs off; Postfix does none")]
+cost_lines = []
+for v, b, what in costs:
+    on, off = vals(b, "portcullis", 0), vals(v, "portcullis", 0)
+    if not off:
+        continue
+    mo, mf = med(on), med(off)
+    co, cf = med(vals(b, "portcullis", 1)), med(vals(v, "portcullis", 1))
+    tr = f"{mo / mf:.2f} ({(mo / mf - 1) * 100:+.1f}%)" if mf else "-"
+    cr = f"{co / cf:.2f} ({co - cf:+.0f} us)" if cf else "-"
+    cost_lines.append(f"| {what} | {mo:.1f} / {mf:.1f} | {tr} | {co:.0f} / {cf:.0f} us | {cr} |")
+if cost_lines:
+    lines += ["", "| Portcullis cost (medians) | msg/s on / off | throughput on/off | CPU/msg on / off | CPU on/off |",
+              "|---|---|---|---|---|"] + cost_lines + [
+              "| audit events: always on (no switch), in every Portcullis run | - | - | - | - |"]
 f_pf = [r for r in rows if r[1] == "f" and r[2] == "postfix"]
 f_pt = [r for r in rows if r[1] == "f" and r[2] == "portcullis"]
 if f_pt or f_pf:
