@@ -263,6 +263,11 @@ impl AuthService {
         Ok(seeded)
     }
 
+    /// Writes the queued audit events (bounded wait); for shutdown.
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
+    }
+
     /// Drops audit events older than `[security] audit_retention`.
     pub async fn prune_audit(&self) {
         let keep = i64::try_from(self.security.audit_retention.as_millis()).unwrap_or(i64::MAX);

@@ -296,6 +296,8 @@ impl Server {
         if let Some(q) = queue {
             let _ = q.await;
         }
+        // The last logins' events, before the caller closes the store.
+        self.shared.auth.flush_audit().await;
         tracing::info!("shutdown complete");
         Ok(())
     }

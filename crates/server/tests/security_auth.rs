@@ -658,3 +658,23 @@ async fn after_a_restart_usual_ips_still_pass_an_automatic_ban() {
     assert!(r.starts_with("421 4.7.0"), "{r}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn audit_events_of_the_last_logins_are_written_before_shutdown_returns() {
+    let s = start(|_| {}).await;
+    let store = s.fixture.store_dyn();
+    let mut c = connect_from(s.running.submissions, HOME, Arc::clone(&s.tls))
+        .await
+        .unwrap();
+    c.command(&plain(ALICE, "wrong password"), "535 ").await;
+    drop(c);
+    // Stop at once: the event is still waiting for its 200 ms batch.
+    s.running.stop().await;
+    let filter = AuthEventFilter {
+        user: Some(ALICE.to_owned()),
+        ..AuthEventFilter::default()
+    };
+    let events = store.auth_events(&filter).await.unwrap();
+    assert_eq!(events.len(), 1, "written before run() returned: {events:?}");
+    assert_eq!(events[0].reason, "bad_password");
+}

@@ -34,10 +34,28 @@ const CHANNEL_CAPACITY: usize = 10_000;
 /// Longest claimed user kept (characters).
 const MAX_USER_CHARS: usize = 255;
 
+/// Longest a shutdown waits for queued events to be written.
+const FLUSH_BOUND: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Event(AuthEvent),
+    /// Write what is queued now, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The sending side; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
-    tx: mpsc::Sender<AuthEvent>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Event(_) => f.write_str("Event"),
+            Msg::Flush(_) => f.write_str("Flush"),
+        }
+    }
 }
 
 impl AuditLog {
@@ -54,31 +72,48 @@ impl AuditLog {
         if event.user.chars().count() > MAX_USER_CHARS {
             event.user = event.user.chars().take(MAX_USER_CHARS).collect();
         }
-        if let Err(e) = self.tx.try_send(event) {
+        if let Err(e) = self.tx.try_send(Msg::Event(event)) {
             tracing::warn!(error = %e, "auth audit queue full: event dropped");
+        }
+    }
+
+    /// Waits (at most 5 s) until every event recorded before this call is
+    /// written. The server calls it at shutdown, before the store closes,
+    /// so the last logins' events are not lost.
+    pub async fn flush(&self) {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let flushed = async {
+            if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        };
+        if tokio::time::timeout(FLUSH_BOUND, flushed).await.is_err() {
+            tracing::warn!("auth audit events not written within {FLUSH_BOUND:?} of shutdown");
         }
     }
 }
 
-async fn writer(
-    mut rx: mpsc::Receiver<AuthEvent>,
-    store: Arc<dyn Store>,
-    mail_log: Option<PathBuf>,
-) {
+async fn writer(mut rx: mpsc::Receiver<Msg>, store: Arc<dyn Store>, mail_log: Option<PathBuf>) {
     let mut batch: Vec<AuthEvent> = Vec::with_capacity(BATCH_MAX);
     loop {
-        let Some(first) = rx.recv().await else {
-            break;
-        };
-        batch.push(first);
+        let mut ack = None;
+        match rx.recv().await {
+            None => break,
+            Some(Msg::Event(first)) => batch.push(first),
+            Some(Msg::Flush(a)) => ack = Some(a),
+        }
         let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
-        while batch.len() < BATCH_MAX {
+        while ack.is_none() && batch.len() < BATCH_MAX {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(ev)) => batch.push(ev),
+                Ok(Some(Msg::Event(ev))) => batch.push(ev),
+                Ok(Some(Msg::Flush(a))) => ack = Some(a),
                 Ok(None) | Err(_) => break,
             }
         }
         flush(&store, mail_log.as_deref(), &mut batch).await;
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
     }
     flush(&store, mail_log.as_deref(), &mut batch).await;
 }
