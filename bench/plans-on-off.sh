@@ -64,4 +64,9 @@ mo, mf = statistics.median(on), statistics.median(off)
 co, cf = statistics.median(con), statistics.median(coff)
 print(f"throughput: median enforce=on {mo:.1f} msg/s, off {mf:.1f} msg/s, on/off = {mo/mf:.3f}")
 print(f"server CPU per message: median on {co:.0f} us, off {cf:.0f} us, on/off = {co/cf:.3f} ({(co/cf-1)*100:+.1f}% CPU)")
+# Paired: each round's on and off ran back to back, so the median of the
+# per-round ratios cancels most of the drift between rounds.
+pt = statistics.median(a / b for a, b in zip(on, off))
+pc = statistics.median(a / b for a, b in zip(con, coff))
+print(f"paired (median of per-round ratios): throughput on/off = {pt:.3f}, CPU/msg on/off = {pc:.3f}")
 PY
