@@ -745,7 +745,7 @@ async fn delivers_to_another_portcullis_over_starttls() {
     // The peer queued it (its own delivery is off in test_config).
     let queued = peer.store.queue_entries(None, false).await.unwrap();
     assert_eq!(queued.len(), 1);
-    let body = std::fs::read_to_string(peer.data_dir().join(&queued[0].spool_path)).unwrap();
+    let body = common::read_body(peer.data_dir(), &queued[0].spool_path);
     assert!(body.contains("with ESMTPS"), "STARTTLS was used: {body}");
     assert!(body.contains("to the peer"));
     server.stop().await;

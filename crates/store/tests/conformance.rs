@@ -646,3 +646,9 @@ async fn sqlite_dkim_keys() {
     let (_dir, store) = fresh().await;
     suite_dkim_keys(store).await;
 }
+
+#[tokio::test]
+async fn sqlite_live_spool_files() {
+    let (_dir, store) = fresh().await;
+    suite_live_spool_files(store).await;
+}
