@@ -105,10 +105,13 @@ async fn store_unavailable_during_auth_is_454() {
 #[tokio::test]
 async fn spool_write_failure_is_451_not_250() {
     let f = fixture().await;
-    // Make the incoming directory unusable: a file where the directory was.
-    let incoming = f.data_dir.join("incoming");
-    std::fs::remove_dir_all(&incoming).unwrap();
-    std::fs::write(&incoming, b"not a directory").unwrap();
+    // Make the incoming directory (big messages) and the segment directory
+    // (small ones, issue 9) unusable: a file where each directory was.
+    for dir in ["incoming", "spool/seg"] {
+        let dir = f.data_dir.join(dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"not a directory").unwrap();
+    }
     let replies = dialog(
         &f,
         &[
