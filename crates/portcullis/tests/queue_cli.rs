@@ -555,7 +555,10 @@ fn segment_messages_show_their_range_and_delete_keeps_the_segment() {
     let seg_dir = q.dir.path().join("spool/seg");
     std::fs::create_dir_all(&seg_dir).unwrap();
     let segment = seg_dir.join("00000000000000aa.seg");
-    let bodies = ["Subject: S1\r\n\r\nfirst\r\n", "Subject: S2\r\n\r\nsecond\r\n"];
+    let bodies = [
+        "Subject: S1\r\n\r\nfirst\r\n",
+        "Subject: S2\r\n\r\nsecond\r\n",
+    ];
     std::fs::write(&segment, bodies.concat()).unwrap();
     let mut offset = 0;
     for (id, body) in ["S1", "S2"].iter().zip(bodies) {
@@ -585,7 +588,8 @@ fn segment_messages_show_their_range_and_delete_keeps_the_segment() {
     );
     let out = q.run(&["queue", "delete", "S1"]).ok();
     assert!(
-        out.stdout.contains("Left segment spool/seg/00000000000000aa.seg in place"),
+        out.stdout
+            .contains("Left segment spool/seg/00000000000000aa.seg in place"),
         "{}",
         out.stdout
     );

@@ -1084,7 +1084,9 @@ async fn segment_messages_are_delivered_byte_for_byte() {
     assert!(!dsn.2.contains("delivery test S2"), "{}", dsn.2);
     assert!(!dsn.2.contains("never committed"), "{}", dsn.2);
     assert!(
-        fx.data_dir().join("spool/seg/0000000000000001.seg").is_file(),
+        fx.data_dir()
+            .join("spool/seg/0000000000000001.seg")
+            .is_file(),
         "delivery never deletes a segment"
     );
     server.stop().await;
