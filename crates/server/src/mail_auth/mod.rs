@@ -3,8 +3,9 @@
 //! verification of inbound mail, and `domain check`.
 //!
 //! The two hooks below run in the connection driver between the end of DATA
-//! and the spool commit; they read the unfinished spool file back and
-//! insert header fields before it is made durable. They never see or log a
+//! and the spool commit; they read the unfinished message back (from memory
+//! or its spool file) and insert header fields before it is made durable.
+//! They never see or log a
 //! private key, and protocol decisions stay in `proto::Session` (a refusal
 //! is an `EnqueueOutcome`).
 

@@ -20,6 +20,8 @@ use super::Origin;
 pub(super) const FLUSH_AT: usize = 64 * 1024;
 
 /// Octets of message bodies held in memory by every session together.
+/// It counts lengths, not `Vec` capacities: real use may be up to twice the
+/// count while a buffer grows.
 #[derive(Debug)]
 pub(crate) struct MemoryBudget {
     used: AtomicU64,
