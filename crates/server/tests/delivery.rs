@@ -1091,3 +1091,34 @@ async fn segment_messages_are_delivered_byte_for_byte() {
     );
     server.stop().await;
 }
+
+/// Issue 9: at start the server deletes segments no waiting message is in
+/// (a crash can leave one behind) and keeps those that hold queued mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_segments_are_swept_at_start() {
+    let fx = Fixture::new().await;
+    let store = fx.store_dyn();
+    inject_segment(&*store, fx.data_dir(), &[("K1", "ext@remote.test", &[BOB])]).await;
+    let kept = fx.data_dir().join("spool/seg/0000000000000001.seg");
+    let unused = fx.data_dir().join("spool/seg/0000000000000002.seg");
+    std::fs::write(&unused, b"Received: from a batch that never committed\r\n").unwrap();
+    let mut config = fx.config();
+    config.delivery.enabled = false;
+    let server = Running::start(config, store.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unused.exists() {
+        assert!(Instant::now() < deadline, "unused segment not swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(kept.is_file(), "a segment with a queued message is kept");
+    assert_eq!(
+        common::read_body(
+            fx.data_dir(),
+            &store.queue_entry("K1").await.unwrap().unwrap().spool_path
+        )
+        .lines()
+        .nth(2),
+        Some("Subject: delivery test K1")
+    );
+    server.stop().await;
+}

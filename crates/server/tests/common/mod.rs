@@ -120,9 +120,8 @@ impl Fixture {
         Arc::clone(&self.store) as Arc<dyn Store>
     }
 
-    /// Spool files (`spool/*.eml`) and leftovers in `incoming/`.
-    /// The files in `spool/` (segments in `spool/seg/` not included) and
-    /// in `incoming/`.
+    /// Spool files (`spool/*.eml`; segments in `spool/seg/` not included)
+    /// and leftovers in `incoming/`.
     pub fn spool_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let list = |sub: &str| -> Vec<PathBuf> {
             match std::fs::read_dir(self.data_dir().join(sub)) {
