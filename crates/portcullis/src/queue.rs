@@ -5,11 +5,12 @@
 //! These commands only change the database: the running server's queue
 //! manager picks the changes up at its next queue scan (within seconds).
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use anyhow::anyhow;
 use clap::{ArgGroup, Args, Subcommand};
 use portcullis_server::config::Config;
+use portcullis_server::spool_ref::SpoolRef;
 use portcullis_store::{
     DeliveryRecipient, DeliveryStatus, QueueEntry, SqliteStore, Store, StoreError,
 };
@@ -210,7 +211,14 @@ async fn show(store: &SqliteStore, id: &str) -> anyhow::Result<()> {
     println!("Size:        {} bytes", e.size);
     println!("Auth user:   {}", e.auth_user.as_deref().unwrap_or("-"));
     println!("Client IP:   {}", e.client_ip);
-    println!("Spool file:  {}", e.spool_path);
+    match SpoolRef::parse(&e.spool_path) {
+        Ok(SpoolRef::Segment { path, offset, len }) => println!(
+            "Spool file:  {} ({len} bytes at offset {offset} of segment {})",
+            e.spool_path,
+            path.display()
+        ),
+        _ => println!("Spool file:  {}", e.spool_path),
+    }
     match e.done_at {
         Some(done) => println!(
             "Status:      {} (finished {})",
@@ -327,11 +335,22 @@ async fn delete(store: &SqliteStore, data_dir: &Path, id: &str) -> anyhow::Resul
     {
         println!("Note: a delivery attempt was under way; it may still complete.");
     }
-    if !is_plain_relative(&spool_path) {
-        println!("Left spool file {spool_path} alone (not a path inside the data dir)");
-        return Ok(());
-    }
-    let file = data_dir.join(&spool_path);
+    let file = match SpoolRef::parse(&spool_path) {
+        Ok(SpoolRef::File(file)) => data_dir.join(file),
+        Ok(SpoolRef::Segment { path, .. }) => {
+            // Issue 9: the segment holds other messages; the server's
+            // sweeper deletes it once none of them is needed.
+            println!(
+                "Left segment {} in place (shared with other messages; the server removes it when unused)",
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(_) => {
+            println!("Left spool file {spool_path} alone (not a path inside the data dir)");
+            return Ok(());
+        }
+    };
     match std::fs::remove_file(&file) {
         Ok(()) => println!("Removed spool file {}", file.display()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -485,15 +504,6 @@ fn truncate(text: &str, max: usize) -> String {
     out
 }
 
-/// A relative path without `..`: safe to join to the data dir.
-fn is_plain_relative(path: &str) -> bool {
-    let path = Path::new(path);
-    !path.as_os_str().is_empty()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
 fn entry_json(e: &QueueEntry) -> serde_json::Value {
     let recipients: Vec<serde_json::Value> = e
         .recipients
@@ -586,8 +596,8 @@ mod tests {
                  (valid: queued, inflight, delivered, deferred, bounced)"
             )
         );
-        assert!(is_plain_relative("spool/ab/X.eml"));
-        assert!(!is_plain_relative("/etc/passwd"));
-        assert!(!is_plain_relative("spool/../../x"));
+        assert!(SpoolRef::parse("spool/ab/X.eml").is_ok());
+        assert!(SpoolRef::parse("/etc/passwd").is_err());
+        assert!(SpoolRef::parse("spool/../../x").is_err());
     }
 }

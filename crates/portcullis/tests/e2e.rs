@@ -328,10 +328,21 @@ fn acknowledged_message_survives_sigkill() {
     let id = reply.trim().rsplit(' ').next().unwrap().to_owned();
     // Acknowledged means durable: either still queued with its body, or
     // already delivered to the local mailbox before the kill.
-    let spool = data.join("spool").join(format!("{id}.eml"));
-    let queued = std::fs::read_to_string(&spool)
-        .map(|t| t.contains("must survive SIGKILL"))
-        .unwrap_or(false);
+    // The queue row names its body: a segment range for a small message
+    // (issue 9), read through the same parser the server uses.
+    let listed = cli(&data, &["queue", "list", "--all", "--json"], None);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let queued = listed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["id"] == id.as_str() && e["done_at"].is_null())
+        .filter_map(|e| e["spool_path"].as_str().map(str::to_owned))
+        .any(|p| {
+            portcullis_server::spool_ref::SpoolRef::parse(&p)
+                .ok()
+                .and_then(|r| r.read_all(&data).ok())
+                .is_some_and(|b| String::from_utf8_lossy(&b).contains("must survive SIGKILL"))
+        });
     assert!(
         queued || delivered_copies(&data, "must survive SIGKILL") == 1,
         "{id} lost after SIGKILL"

@@ -545,3 +545,84 @@ fn aliases() {
     assert_eq!(q.run(&["alias", "list"]).ok().stdout.trim(), "No aliases");
     assert_eq!(resolve("anyone@example.com"), None);
 }
+
+/// Issue 9: small messages share a segment file. `queue show` prints the
+/// reference; `queue delete` drops the message but never the segment, which
+/// still holds the other message (the server's sweeper removes segments).
+#[test]
+fn segment_messages_show_their_range_and_delete_keeps_the_segment() {
+    let q = Queue::new();
+    let seg_dir = q.dir.path().join("spool/seg");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    let segment = seg_dir.join("00000000000000aa.seg");
+    let bodies = [
+        "Subject: S1\r\n\r\nfirst\r\n",
+        "Subject: S2\r\n\r\nsecond\r\n",
+    ];
+    std::fs::write(&segment, bodies.concat()).unwrap();
+    let mut offset = 0;
+    for (id, body) in ["S1", "S2"].iter().zip(bodies) {
+        let message = NewMessage {
+            id: (*id).to_owned(),
+            sender: "alice@example.com".to_owned(),
+            recipients: vec!["bob@example.net".to_owned()],
+            size: body.len() as u64,
+            spool_path: format!("spool/seg/00000000000000aa.seg#{offset}+{}", body.len()),
+            auth_user: None,
+            client_ip: "192.0.2.7".to_owned(),
+            received_at: now_ms() / 1000,
+            usage_ms: vec![],
+        };
+        offset += body.len();
+        q.rt.block_on(q.store.enqueue(&message)).unwrap();
+    }
+    let out = q.run(&["queue", "show", "S2"]).ok();
+    let len = bodies[1].len();
+    let start = bodies[0].len();
+    assert!(
+        out.stdout.contains(&format!(
+            "Spool file:  spool/seg/00000000000000aa.seg#{start}+{len} ({len} bytes at offset {start} of segment spool/seg/00000000000000aa.seg)"
+        )),
+        "{}",
+        out.stdout
+    );
+    let out = q.run(&["queue", "delete", "S1"]).ok();
+    assert!(
+        out.stdout
+            .contains("Left segment spool/seg/00000000000000aa.seg in place"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("Removed spool file"), "{}", out.stdout);
+    assert!(q.entry("S1").is_none());
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bodies.concat().as_bytes(),
+        "segment untouched"
+    );
+    assert!(q.entry("S2").is_some());
+}
+
+/// A queue row whose spool path points outside the data dir (or is
+/// malformed) is deleted, but nothing is removed from the disk.
+#[test]
+fn delete_leaves_a_path_outside_the_data_dir_alone() {
+    let q = Queue::new();
+    for (id, path) in [("B1", "../outside.eml"), ("B2", "spool/seg/x.seg#1+")] {
+        let message = NewMessage {
+            id: id.to_owned(),
+            sender: String::new(),
+            recipients: vec!["bob@example.net".to_owned()],
+            size: 1,
+            spool_path: path.to_owned(),
+            auth_user: None,
+            client_ip: "192.0.2.7".to_owned(),
+            received_at: now_ms() / 1000,
+            usage_ms: vec![],
+        };
+        q.rt.block_on(q.store.enqueue(&message)).unwrap();
+        let out = q.run(&["queue", "delete", id]).ok();
+        assert!(out.stdout.contains("alone"), "{}", out.stdout);
+        assert!(q.entry(id).is_none());
+    }
+}

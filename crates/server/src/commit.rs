@@ -1,30 +1,42 @@
-//! Group commit (issue 9): the last two steps of accepting a message — the
-//! spool directory fsync and the queue-row transaction — done once for many
-//! sessions' messages.
+//! Group commit (issue 9): the last steps of accepting a message — the
+//! segment append, the spool directory fsync and the queue-row transaction —
+//! done once for many sessions' messages.
 //!
-//! Each session writes its spool file, fsyncs it and renames it into
-//! `spool/` itself (that work is per message anyway and runs in parallel),
-//! then hands the queue row to the [`Committer`] and waits. The committer
-//! task takes every request that is waiting (up to [`MAX_BATCH`]), fsyncs
-//! the spool directory once, records all rows with one
-//! [`Store::enqueue_batch`] (one transaction, one WAL sync), and only then
-//! answers each session. While one batch commits, the next one gathers, so
-//! there is no timer and a lone session pays no added latency.
+//! A session hands the committer its queue row and either its body
+//! ([`Payload::Segment`]: a small message held in memory) or nothing
+//! ([`Payload::File`]: a big message it already fdatasynced and renamed
+//! into `spool/` itself, work that is per message anyway and runs in
+//! parallel). The committer task takes every request that is waiting (up to
+//! [`MAX_BATCH`]) and, in this order:
+//! 1. appends the batch's in-memory bodies to the active segment with one
+//!    write and one fdatasync (and an fsync of `spool/seg/` when the
+//!    segment is new), and sets each row's `spool_path` to its range;
+//! 2. fsyncs `spool/` once, if the batch has file messages;
+//! 3. records every row whose body is durable with one
+//!    [`Store::enqueue_batch`] (one transaction, one WAL sync);
+//!
+//! and only then answers each session. While one batch commits, the next
+//! one gathers, so there is no timer and a lone session pays no added
+//! latency.
 //!
 //! The guarantee is unchanged: a session is told `Ok` (and answers 250) only
 //! after its body, its directory entry and its queue row are all durable. A
-//! failed directory fsync or transaction fails every message of the batch.
-//! A batch refused for one message's content (`Invalid`, `AlreadyExists`) is
-//! retried one message at a time, so one bad message cannot fail others'.
+//! failed segment write or sync fails every segment message of the batch, a
+//! failed directory fsync every file message, a failed transaction every
+//! message. A batch refused for one message's content (`Invalid`,
+//! `AlreadyExists`) is retried one message at a time, so one bad message
+//! cannot fail others'.
 //!
-//! This module must not touch message bodies or decide replies: `spool.rs`
-//! maps a [`CommitError`] to the SMTP outcome.
+//! This module must not decide replies: `spool` maps a [`CommitError`] to
+//! the SMTP outcome.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use portcullis_store::{NewMessage, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::spool::segment::SegmentLog;
 
 /// Most messages in one transaction; more waiting ones go into the next.
 pub const MAX_BATCH: usize = 256;
@@ -38,6 +50,9 @@ pub enum CommitError {
     /// The spool directory could not be made durable.
     #[error("spool directory fsync: {0}")]
     Directory(std::io::Error),
+    /// The batch's segment append or its fdatasync failed.
+    #[error("segment append: {0}")]
+    Segment(std::io::Error),
     #[error("queue commit: {0}")]
     Store(StoreError),
     /// The committer task is gone (shutdown or panic).
@@ -45,11 +60,21 @@ pub enum CommitError {
     Stopped,
 }
 
+/// Where a message's body is when it is handed to the committer.
+pub enum Payload {
+    /// Already durable in its own file in `spool/` (`spool_path` is set);
+    /// needs the directory fsync.
+    File,
+    /// The whole message, to append to the active segment.
+    Segment(Vec<u8>),
+}
+
 /// The message comes back with its result, for the caller's log line.
 type Answer = (NewMessage, Result<(), CommitError>);
 
 struct Request {
     message: NewMessage,
+    payload: Payload,
     done: oneshot::Sender<Answer>,
 }
 
@@ -61,25 +86,32 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer task for `store`, fsyncing `spool_dir` per
-    /// batch. Must be called inside a tokio runtime. The task ends when
-    /// every handle is dropped.
-    pub fn start(store: Arc<dyn Store>, spool_dir: PathBuf) -> Committer {
+    /// batch with file messages and appending to `segments`. Must be called
+    /// inside a tokio runtime. The task ends when every handle is dropped.
+    pub fn start(store: Arc<dyn Store>, spool_dir: PathBuf, segments: SegmentLog) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(rx, store, spool_dir));
+        tokio::spawn(run(rx, store, spool_dir, segments));
         Committer { tx }
     }
 
-    /// Makes `message`'s queue row durable together with whatever else is
-    /// waiting. Its spool file must already be fsynced and in the spool
-    /// directory. `Ok` means the directory entry and the row are durable.
-    /// Returns the message with the result; `None` for the message only if
-    /// the committer stopped after taking it (then the result is `Stopped`).
+    /// Makes `message`'s body (see [`Payload`]) and queue row durable
+    /// together with whatever else is waiting. `Ok` means the body, its
+    /// directory entry and the row are durable. Returns the message (with
+    /// its final `spool_path`) with the result; `None` for the message only
+    /// if the committer stopped after taking it (then the result is
+    /// `Stopped`).
     pub async fn commit(
         &self,
         message: NewMessage,
+        payload: Payload,
     ) -> (Option<NewMessage>, Result<(), CommitError>) {
         let (done, wait) = oneshot::channel();
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(Request { message, done }).await {
+        let request = Request {
+            message,
+            payload,
+            done,
+        };
+        if let Err(mpsc::error::SendError(r)) = self.tx.send(request).await {
             return (Some(r.message), Err(CommitError::Stopped));
         }
         match wait.await {
@@ -89,13 +121,25 @@ impl Committer {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Request>, store: Arc<dyn Store>, spool_dir: PathBuf) {
+async fn run(
+    mut rx: mpsc::Receiver<Request>,
+    store: Arc<dyn Store>,
+    spool_dir: PathBuf,
+    mut segments: SegmentLog,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Ends when every Committer handle is gone and the queue is drained.
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (messages, waiters): (Vec<NewMessage>, Vec<_>) =
-            batch.drain(..).map(|r| (r.message, r.done)).unzip();
-        let results = commit_batch(&store, &spool_dir, &messages).await;
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut payloads = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            messages.push(r.message);
+            payloads.push(r.payload);
+            waiters.push(r.done);
+        }
+        let results =
+            commit_batch(&store, &spool_dir, &mut segments, &mut messages, payloads).await;
         for ((done, message), result) in waiters.into_iter().zip(messages).zip(results) {
             // A session that went away no longer needs its answer; its row
             // is committed (or not) all the same.
@@ -108,21 +152,79 @@ async fn run(mut rx: mpsc::Receiver<Request>, store: Arc<dyn Store>, spool_dir: 
 async fn commit_batch(
     store: &Arc<dyn Store>,
     spool_dir: &std::path::Path,
-    messages: &[NewMessage],
+    segments: &mut SegmentLog,
+    messages: &mut [NewMessage],
+    payloads: Vec<Payload>,
 ) -> Vec<Result<(), CommitError>> {
     let n = messages.len();
-    let dir = spool_dir.to_path_buf();
-    let synced = tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-    if let Err(e) = synced {
-        tracing::error!(error = %e, messages = n, "spool directory fsync failed");
-        return (0..n)
-            .map(|_| Err(CommitError::Directory(copy_io_error(&e))))
-            .collect();
+    let mut results: Vec<Option<Result<(), CommitError>>> = (0..n).map(|_| None).collect();
+    let mut in_segment = Vec::new();
+    let mut is_segment = vec![false; n];
+    let mut bodies = Vec::new();
+    for (i, payload) in payloads.into_iter().enumerate() {
+        if let Payload::Segment(body) = payload {
+            in_segment.push(i);
+            is_segment[i] = true;
+            bodies.push(body);
+        }
     }
-    match store.enqueue_batch(messages).await {
+    let has_files = in_segment.len() < n;
+    // 1. Segment bodies: one write, one fdatasync.
+    if !bodies.is_empty() {
+        match segments.append(bodies).await {
+            Ok(refs) => {
+                for (i, r) in in_segment.iter().zip(refs) {
+                    messages[*i].spool_path = r.to_string();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = in_segment.len(), "segment append failed");
+                for i in &in_segment {
+                    results[*i] = Some(Err(CommitError::Segment(copy_io_error(&e))));
+                }
+            }
+        }
+    }
+    // 2. File bodies: their directory entries.
+    if has_files {
+        let dir = spool_dir.to_path_buf();
+        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = synced {
+            tracing::error!(error = %e, messages = n - in_segment.len(), "spool directory fsync failed");
+            for (i, r) in results.iter_mut().enumerate() {
+                if !is_segment[i] {
+                    *r = Some(Err(CommitError::Directory(copy_io_error(&e))));
+                }
+            }
+        }
+    }
+    // 3. The rows of every message whose body is durable.
+    let ready: Vec<usize> = (0..n).filter(|i| results[*i].is_none()).collect();
+    let committed = if ready.len() == n {
+        enqueue(store, messages).await
+    } else {
+        let subset: Vec<NewMessage> = ready.iter().map(|i| messages[*i].clone()).collect();
+        enqueue(store, &subset).await
+    };
+    for (i, result) in ready.iter().zip(committed) {
+        results[*i] = Some(result);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(CommitError::Stopped)))
+        .collect()
+}
+
+/// Commits `rows` in one transaction; one result per row.
+async fn enqueue(store: &Arc<dyn Store>, rows: &[NewMessage]) -> Vec<Result<(), CommitError>> {
+    let n = rows.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    match store.enqueue_batch(rows).await {
         Ok(()) => {
             tracing::debug!(messages = n, "batch committed");
             (0..n).map(|_| Ok(())).collect()
@@ -130,7 +232,7 @@ async fn commit_batch(
         // Caused by one message's content: find it, commit the others.
         Err(StoreError::Invalid(_) | StoreError::AlreadyExists(_)) if n > 1 => {
             let mut results = Vec::with_capacity(n);
-            for m in messages {
+            for m in rows {
                 results.push(store.enqueue(m).await.map_err(CommitError::Store));
             }
             results

@@ -12,6 +12,7 @@ mod auth;
 mod delivery;
 mod mail_auth;
 mod raw;
+mod spool;
 mod units;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ pub use auth::{
 };
 pub use delivery::{DeliveryConfig, DestinationConfig, LocalTransport, RelayConfig, TlsPolicy};
 pub use mail_auth::{DomainsConfig, InboundConfig};
+pub use spool::SpoolConfig;
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// What every value of a `*_secret` key prints as in [`Config::to_toml_redacted`].
@@ -69,6 +71,8 @@ pub struct Config {
     pub domains: DomainsConfig,
     /// `[inbound]`: SPF/DKIM/DMARC on the smtp listener.
     pub inbound: InboundConfig,
+    /// `[spool]`: in-memory bodies and segment files (issue 9).
+    pub spool: SpoolConfig,
 }
 
 /// A sending plan: the limits of every account on it.
@@ -505,6 +509,7 @@ impl Config {
             oauth: OAuthConfig::default(),
             domains: DomainsConfig::defaults(),
             inbound: InboundConfig::defaults(),
+            spool: SpoolConfig::defaults(),
         }
     }
 
@@ -710,6 +715,7 @@ impl Config {
         config.delivery = delivery::resolve(raw.delivery)?;
         config.domains = mail_auth::resolve_domains(raw.domains)?;
         config.inbound = mail_auth::resolve_inbound(raw.inbound);
+        config.spool = spool::resolve(raw.spool)?;
         Ok(config)
     }
 
@@ -855,6 +861,7 @@ impl Config {
         for (name, plan) in &self.plans {
             validate_plan(name, plan)?;
         }
+        self.spool.validate()?;
         if self.plan(&self.default_plan).is_none() {
             return Err(ConfigError::invalid(
                 "default_plan",
@@ -982,6 +989,7 @@ impl Config {
             delivery: delivery::to_raw(&self.delivery),
             domains: mail_auth::domains_to_raw(&self.domains),
             inbound: mail_auth::inbound_to_raw(&self.inbound),
+            spool: spool::to_raw(&self.spool),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod secretbox;
 pub mod security;
 mod server;
 pub mod spool;
+pub mod spool_ref;
 pub mod throttle;
 pub mod tls;
 pub mod usage;

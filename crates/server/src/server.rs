@@ -96,6 +96,8 @@ pub struct Server {
     queue: Option<Arc<crate::delivery::QueueManager>>,
     listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
     shutdown_tx: watch::Sender<bool>,
+    /// Wakes the spool's segment sweeper (issue 9).
+    sweep_trigger: Arc<tokio::sync::Notify>,
 }
 
 impl Server {
@@ -108,10 +110,11 @@ impl Server {
             &config.data_dir,
             &config.hostname,
         )?;
-        let spool = Spool::open(&config.data_dir).map_err(|source| ServerError::Spool {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        let spool =
+            Spool::open(&config.data_dir, &config.spool).map_err(|source| ServerError::Spool {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let mut listeners = Vec::new();
         for l in config.listeners.iter().filter(|l| l.enabled) {
             let socket =
@@ -125,6 +128,8 @@ impl Server {
             listeners.push((Arc::new(l.clone()), socket));
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Delivery asks for a segment sweep when it finishes messages.
+        let sweep_trigger = Arc::new(tokio::sync::Notify::new());
         let queue = if config.delivery.enabled {
             Some(Arc::new(
                 crate::delivery::QueueManager::new(
@@ -132,7 +137,8 @@ impl Server {
                     Arc::clone(&config),
                     spool.wake_handle(),
                 )
-                .map_err(ServerError::Delivery)?,
+                .map_err(ServerError::Delivery)?
+                .with_sweep_trigger(Arc::clone(&sweep_trigger)),
             ))
         } else {
             None
@@ -203,6 +209,7 @@ impl Server {
             queue,
             listeners,
             shutdown_tx,
+            sweep_trigger,
         })
     }
 
@@ -281,6 +288,13 @@ impl Server {
                 }
             }
         });
+        // Issue 9: deletes segments and orphan spool files no message needs.
+        let sweeper = tokio::spawn(
+            self.shared
+                .spool
+                .sweeper()
+                .run(Arc::clone(&self.shared.store), self.sweep_trigger),
+        );
         for (cfg, listener) in self.listeners {
             loops.spawn(accept_loop(listener, cfg, Arc::clone(&self.shared)));
         }
@@ -293,6 +307,7 @@ impl Server {
         while loops.join_next().await.is_some() {}
         pruner.abort();
         ban_refresh.abort();
+        sweeper.abort();
         if let Some(q) = queue {
             let _ = q.await;
         }

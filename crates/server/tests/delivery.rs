@@ -205,6 +205,44 @@ async fn inject(
         .unwrap();
 }
 
+/// Queues messages the way the committer does for small ones (issue 9):
+/// their bodies back to back in one segment file, between bytes no message
+/// refers to (a crashed batch before, a torn one after). Returns the bodies.
+async fn inject_segment(
+    store: &dyn Store,
+    data_dir: &Path,
+    messages: &[(&str, &str, &[&str])],
+) -> Vec<String> {
+    let seg = Path::new("spool/seg/0000000000000001.seg");
+    std::fs::create_dir_all(data_dir.join("spool/seg")).unwrap();
+    let mut file = b"Received: from a batch that never committed\r\n".to_vec();
+    let mut rows = Vec::new();
+    let mut bodies = Vec::new();
+    for (id, from, to) in messages {
+        let text = format!(
+            "From: <{from}>\r\nTo: <{}>\r\nSubject: delivery test {id}\r\nMessage-ID: <{id}@test>\r\n\r\nbody of {id}\r\n",
+            to.join(">, <")
+        );
+        rows.push(NewMessage {
+            id: (*id).to_owned(),
+            sender: (*from).to_owned(),
+            recipients: to.iter().map(|s| s.to_string()).collect(),
+            size: text.len() as u64,
+            spool_path: format!("{}#{}+{}", seg.display(), file.len(), text.len()),
+            auth_user: None,
+            client_ip: "127.0.0.1".into(),
+            received_at: now_s(),
+            usage_ms: Vec::new(),
+        });
+        file.extend_from_slice(text.as_bytes());
+        bodies.push(text);
+    }
+    file.extend_from_slice(b"Received: from a torn batch\r\nSubj");
+    std::fs::write(data_dir.join(seg), &file).unwrap();
+    store.enqueue_batch(&rows).await.unwrap();
+    bodies
+}
+
 fn delivery_config(fx: &Fixture, dns: SocketAddr, mx_port: u16) -> Config {
     let mut config = fx.config();
     let d = &mut config.delivery;
@@ -745,7 +783,7 @@ async fn delivers_to_another_portcullis_over_starttls() {
     // The peer queued it (its own delivery is off in test_config).
     let queued = peer.store.queue_entries(None, false).await.unwrap();
     assert_eq!(queued.len(), 1);
-    let body = std::fs::read_to_string(peer.data_dir().join(&queued[0].spool_path)).unwrap();
+    let body = common::read_body(peer.data_dir(), &queued[0].spool_path);
     assert!(body.contains("with ESMTPS"), "STARTTLS was used: {body}");
     assert!(body.contains("to the peer"));
     server.stop().await;
@@ -988,4 +1026,99 @@ async fn a_peer_that_never_answers_is_a_timeout_and_a_deferral() {
     );
     server.stop().await;
     holder.abort();
+}
+
+/// Issue 9: messages stored as segment ranges are delivered byte for byte
+/// to a Maildir and to an MX, their bounce quotes their own header block,
+/// and finishing them leaves the shared segment to the sweeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_messages_are_delivered_byte_for_byte() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    let sink = Sink::start(true).await;
+    let store = fx.store_dyn();
+    let bodies = inject_segment(
+        &*store,
+        fx.data_dir(),
+        &[
+            ("S1", "ext@remote.test", &[BOB, "bad@remote.test"]),
+            ("S2", "ext@remote.test", &["ok@remote.test"]),
+            // Deferred: keeps the segment live whenever the sweeper runs.
+            ("S3", "ext@remote.test", &["temp@remote.test"]),
+        ],
+    )
+    .await;
+    let server = Running::start(
+        delivery_config(&fx, dns.addr(), sink.addr.port()),
+        store.clone(),
+    )
+    .await;
+    for id in ["S1", "S2"] {
+        wait_for(&*store, id, "done", |e| e.done_at.is_some()).await;
+    }
+    wait_for(&*store, "S3", "deferred", settled).await;
+    let bob = wait_mailbox(fx.data_dir(), BOB, 1).await;
+    assert_eq!(
+        bob[0],
+        format!(
+            "Return-Path: <ext@remote.test>\r\nDelivered-To: {BOB}\r\n{}",
+            bodies[0]
+        )
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.messages().len() < 2 {
+        assert!(Instant::now() < deadline, "{:#?}", sink.messages());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let msgs = sink.messages();
+    let relayed = msgs
+        .iter()
+        .find(|(_, r, _)| r == &vec!["ok@remote.test".to_owned()])
+        .expect("S2 relayed");
+    assert_eq!(relayed.2, bodies[1], "exact bytes of S2's range");
+    let dsn = msgs
+        .iter()
+        .find(|(f, _, _)| f == "<>")
+        .expect("a DSN for bad@remote.test");
+    assert!(dsn.2.contains("Subject: delivery test S1"), "{}", dsn.2);
+    assert!(!dsn.2.contains("delivery test S2"), "{}", dsn.2);
+    assert!(!dsn.2.contains("never committed"), "{}", dsn.2);
+    assert!(
+        fx.data_dir()
+            .join("spool/seg/0000000000000001.seg")
+            .is_file(),
+        "delivery never deletes a segment"
+    );
+    server.stop().await;
+}
+
+/// Issue 9: at start the server deletes segments no waiting message is in
+/// (a crash can leave one behind) and keeps those that hold queued mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_segments_are_swept_at_start() {
+    let fx = Fixture::new().await;
+    let store = fx.store_dyn();
+    inject_segment(&*store, fx.data_dir(), &[("K1", "ext@remote.test", &[BOB])]).await;
+    let kept = fx.data_dir().join("spool/seg/0000000000000001.seg");
+    let unused = fx.data_dir().join("spool/seg/0000000000000002.seg");
+    std::fs::write(&unused, b"Received: from a batch that never committed\r\n").unwrap();
+    let mut config = fx.config();
+    config.delivery.enabled = false;
+    let server = Running::start(config, store.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unused.exists() {
+        assert!(Instant::now() < deadline, "unused segment not swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(kept.is_file(), "a segment with a queued message is kept");
+    assert_eq!(
+        common::read_body(
+            fx.data_dir(),
+            &store.queue_entry("K1").await.unwrap().unwrap().spool_path
+        )
+        .lines()
+        .nth(2),
+        Some("Subject: delivery test K1")
+    );
+    server.stop().await;
 }

@@ -105,10 +105,13 @@ async fn store_unavailable_during_auth_is_454() {
 #[tokio::test]
 async fn spool_write_failure_is_451_not_250() {
     let f = fixture().await;
-    // Make the incoming directory unusable: a file where the directory was.
-    let incoming = f.data_dir.join("incoming");
-    std::fs::remove_dir_all(&incoming).unwrap();
-    std::fs::write(&incoming, b"not a directory").unwrap();
+    // Make the incoming directory (big messages) and the segment directory
+    // (small ones, issue 9) unusable: a file where each directory was.
+    for dir in ["incoming", "spool/seg"] {
+        let dir = f.data_dir.join(dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, b"not a directory").unwrap();
+    }
     let replies = dialog(
         &f,
         &[
@@ -185,8 +188,13 @@ async fn queue_commit_failure_is_451_and_spool_file_removed() {
     let ((), replies) = tokio::join!(serve, talk);
     assert!(has(&replies, "451 4.3.0"), "{replies:?}");
     assert!(!has(&replies, "250 2.0.0 Ok: queued"), "{replies:?}");
+    // Segment bytes of a failed batch are unreferenced (the sweeper
+    // reclaims them); no message file may be left.
     let spooled: Vec<_> = std::fs::read_dir(f.data_dir.join("spool"))
         .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
         .collect();
     assert!(spooled.is_empty(), "orphan spool files left: {spooled:?}");
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use portcullis_server::Server;
 use portcullis_server::config::{Config, ListenerRole};
+use portcullis_server::spool_ref::SpoolRef;
 use portcullis_store::{SqliteStore, Store, password};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Barrier;
@@ -80,6 +81,11 @@ fn gates() -> Arc<Gates> {
 /// One authenticated session up to DATA's 354; then waits for the gates and
 /// sends the body. Returns the reply to the final dot.
 async fn session(server: Arc<Server>, n: usize, gates: Arc<Gates>) -> String {
+    session_sized(server, n, gates, 0).await
+}
+
+/// [`session`] with `filler` extra lines of 78 octets in the body.
+async fn session_sized(server: Arc<Server>, n: usize, gates: Arc<Gates>, filler: usize) -> String {
     let (client, server_side) = tokio::io::duplex(64 * 1024);
     // One address each: per-IP connection caps are not under test.
     let peer = format!("192.0.2.{}:40000", n + 1).parse().unwrap();
@@ -118,7 +124,12 @@ async fn session(server: Arc<Server>, n: usize, gates: Arc<Gates>) -> String {
     }
     gates.ready.wait().await;
     gates.go.wait().await;
-    let body = format!("From: alice@example.com\r\nSubject: {n}\r\n\r\nbody {n}\r\n.\r\n");
+    let mut body = format!("From: alice@example.com\r\nSubject: {n}\r\n\r\nbody {n}\r\n");
+    for _ in 0..filler {
+        body.push_str(&"x".repeat(76));
+        body.push_str("\r\n");
+    }
+    body.push_str(".\r\n");
     write.write_all(body.as_bytes()).await.unwrap();
     let answer = reply(&mut reader).await;
     write.write_all(b"QUIT\r\n").await.unwrap();
@@ -135,8 +146,27 @@ async fn wait(gate: &Barrier) {
         .expect("a session failed before reaching DATA");
 }
 
+/// Message files in `spool/` and `incoming/` (segments not counted).
 fn spool_files(f: &Fixture) -> usize {
-    std::fs::read_dir(f.data_dir.join("spool")).unwrap().count()
+    ["spool", "incoming"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(f.data_dir.join(d)).unwrap())
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count()
+}
+
+/// Every queued message's body, by subject number, with its reference.
+async fn bodies(f: &Fixture) -> Vec<(SpoolRef, String)> {
+    let mut out = Vec::new();
+    for m in f.store.list_queue().await.unwrap() {
+        let r = SpoolRef::parse(&m.spool_path).unwrap();
+        let body = String::from_utf8(r.read_all(&f.data_dir).unwrap()).unwrap();
+        assert_eq!(body.len() as u64, m.size, "{}", m.spool_path);
+        assert!(body.starts_with("Received: "), "{body}");
+        assert!(body.contains(&format!(" id {}", m.id)), "{body}");
+        out.push((r, body));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,7 +198,70 @@ async fn concurrent_sessions_all_queued() {
     ids.sort();
     queued.sort();
     assert_eq!(ids, queued);
-    assert_eq!(spool_files(&f), SESSIONS);
+    // Issue 9: small messages share one segment, each at its own range.
+    assert_eq!(
+        spool_files(&f),
+        0,
+        "small messages get no file of their own"
+    );
+    let bodies = bodies(&f).await;
+    assert_eq!(bodies.len(), SESSIONS);
+    let mut ranges = Vec::new();
+    for (r, body) in &bodies {
+        let SpoolRef::Segment { path, offset, len } = r else {
+            panic!("expected a segment ref, got {r}");
+        };
+        assert_eq!(path, bodies[0].0.file(), "one segment for all");
+        assert!(body.contains("\r\nbody "), "{body}");
+        ranges.push((*offset, *len));
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "overlapping ranges {ranges:?}");
+    }
+    let seg_len = std::fs::metadata(f.data_dir.join(bodies[0].0.file()))
+        .unwrap()
+        .len();
+    let (last_offset, last_len) = ranges[ranges.len() - 1];
+    assert_eq!(
+        last_offset + last_len,
+        seg_len,
+        "nothing else in the segment"
+    );
+}
+
+/// Big and small messages in the same batches: big ones get their own file
+/// (fsync + directory fsync), small ones a segment range; all are queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn big_and_small_messages_commit_together() {
+    let f = fixture().await;
+    let gates = gates();
+    // 4000 lines of 78 octets: about 305 KiB, above the 256 KiB default.
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|n| {
+            let filler = if n % 2 == 0 { 4000 } else { 0 };
+            tokio::spawn(session_sized(
+                Arc::clone(&f.server),
+                n,
+                Arc::clone(&gates),
+                filler,
+            ))
+        })
+        .collect();
+    wait(&gates.ready).await;
+    wait(&gates.go).await;
+    for t in tasks {
+        let answer = t.await.unwrap();
+        assert!(answer.starts_with("250 2.0.0 Ok: queued as "), "{answer}");
+    }
+    let bodies = bodies(&f).await;
+    assert_eq!(bodies.len(), SESSIONS);
+    let big = bodies.iter().filter(|(_, b)| b.len() > 256 * 1024).count();
+    assert_eq!(big, SESSIONS / 2);
+    for (r, body) in &bodies {
+        assert_eq!(r.is_segment(), body.len() <= 256 * 1024, "{r}");
+    }
+    assert_eq!(spool_files(&f), SESSIONS / 2, "one .eml per big message");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -162,7 +162,7 @@ async fn submit(server: &Running, to: &str, message: &str) -> String {
 
 async fn spooled(store: &dyn Store, data_dir: &std::path::Path, id: &str) -> String {
     let entry = store.queue_entry(id).await.unwrap().expect("queued");
-    std::fs::read_to_string(data_dir.join(entry.spool_path)).unwrap()
+    common::read_body(data_dir, &entry.spool_path)
 }
 
 /// The header block of a message, unfolded, one field per entry.
@@ -361,7 +361,7 @@ async fn signatures_survive_delivery_and_the_receiver_verifies_them() {
 
     let queued = peer.store.queue_entries(None, false).await.unwrap();
     assert_eq!(queued.len(), 1);
-    let received = std::fs::read_to_string(peer.data_dir().join(&queued[0].spool_path)).unwrap();
+    let received = common::read_body(peer.data_dir(), &queued[0].spool_path);
     let verdicts = dkimpy(received.as_bytes(), &txt);
     assert_eq!(verdicts.len(), 2, "{received}");
     assert!(
@@ -390,11 +390,9 @@ async fn signatures_survive_delivery_and_the_receiver_verifies_them() {
 
 /// A message signed with `key` for `domain` the way our signer does.
 fn signed_message(domain: &str, key: &DkimKey, message: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m");
-    std::fs::write(&path, message).unwrap();
     let signing = keys::SigningKey::load(key).unwrap();
-    let sig = sign::sign_file(&path, 0, b"", domain, vec![signing]).unwrap();
+    let body = portcullis_server::spool::Readable::Memory(message.as_bytes().to_vec());
+    let sig = sign::sign_message(body, b"", domain, vec![signing]).unwrap();
     format!("{}{message}", String::from_utf8(sig).unwrap())
 }
 

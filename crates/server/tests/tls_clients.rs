@@ -89,8 +89,7 @@ async fn send_and_check(
     assert_eq!(m.recipients, vec!["friend@example.org".to_owned()]);
     assert_eq!(m.auth_user.as_deref(), Some(ALICE));
     assert_eq!(m.client_ip, "127.0.0.1");
-    let spooled =
-        std::fs::read_to_string(fixture.data_dir().join(&m.spool_path)).expect("spool file");
+    let spooled = common::read_body(fixture.data_dir(), &m.spool_path);
     assert!(
         spooled.starts_with("Received: from client.example ([127.0.0.1])"),
         "{spooled}"

@@ -866,4 +866,12 @@ pub trait Store: Send + Sync + 'static {
     /// two messages of the batch share an id). An empty batch is `Ok` and
     /// writes nothing.
     async fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<()>;
+
+    /// The distinct files that hold the bodies of messages that are not
+    /// done (`done_at` unset), so the spool can delete every other one: each
+    /// such message's `spool_path` up to its first `#` (a segment reference
+    /// `spool/seg/<name>.seg#<offset>+<len>` names its segment file), in no
+    /// particular order. Messages that are done do not count, whether or not
+    /// they were pruned yet.
+    async fn live_spool_files(&self) -> Result<Vec<String>>;
 }

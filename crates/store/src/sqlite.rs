@@ -977,4 +977,8 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| unavailable("enqueue_batch: commit", e))
     }
+
+    async fn live_spool_files(&self) -> Result<Vec<String>> {
+        self.live_spool_files_impl().await
+    }
 }

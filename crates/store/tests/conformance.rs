@@ -662,3 +662,9 @@ async fn sqlite_directory_token_seen_by_another_handle() {
     let (_dir2, store) = fresh().await;
     suite_directory_token(Arc::clone(&store), store).await;
 }
+
+#[tokio::test]
+async fn sqlite_live_spool_files() {
+    let (_dir, store) = fresh().await;
+    suite_live_spool_files(store).await;
+}

@@ -43,6 +43,8 @@ pub(super) struct RawConfig {
     pub domains: super::mail_auth::RawDomains,
     #[serde(default)]
     pub inbound: super::mail_auth::RawInbound,
+    #[serde(default)]
+    pub spool: super::spool::RawSpool,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -694,3 +694,41 @@ fn example_file_documents_every_key() {
         assert!(text.contains(&format!("{leaf} =")), "example lacks {key}");
     }
 }
+
+#[test]
+fn spool_sizes() {
+    let c = Config::default_config();
+    assert_eq!(c.spool.memory_threshold, 256 * 1024);
+    assert_eq!(c.spool.memory_budget, 64 * 1024 * 1024);
+    let c =
+        Config::from_toml_str("[spool]\nmemory_threshold = \"64KiB\"\nmemory_budget = 1048576\n")
+            .unwrap();
+    assert_eq!(c.spool.memory_threshold, 64 * 1024);
+    assert_eq!(c.spool.memory_budget, 1024 * 1024);
+    let c = Config::from_toml_str("[spool]\nmemory_threshold = 0\n").unwrap();
+    assert_eq!(
+        c.spool.memory_threshold, 0,
+        "0 writes every message to a file"
+    );
+    let (key, message) = invalid("[spool]\nmemory_threshold = \"lots\"\n");
+    assert_eq!(key, "spool.memory_threshold");
+    assert!(message.contains("\"lots\""), "{message}");
+    let (key, _) = invalid("[spool]\nmemory_budget = \"1 parsec\"\n");
+    assert_eq!(key, "spool.memory_budget");
+    let (key, _) = invalid("[spool]\nmemory_threshold = \"32MiB\"\nmemory_budget = \"1GiB\"\n");
+    assert_eq!(key, "spool.memory_threshold");
+    let (key, message) =
+        invalid("[spool]\nmemory_threshold = \"1MiB\"\nmemory_budget = \"512KiB\"\n");
+    assert_eq!(key, "spool.memory_budget");
+    assert_eq!(message, "must be at least spool.memory_threshold");
+    let msg = parse_error("[spool]\nmemory_threshold = -1\n");
+    assert!(msg.starts_with("spool.memory_threshold: "), "{msg}");
+    let msg = parse_error("[spool]\nsegment_size = 1\n");
+    assert!(msg.contains("segment_size"), "{msg}");
+    // `config show` prints the section and reads back the same.
+    let c = Config::from_toml_str("[spool]\nmemory_threshold = \"128KiB\"\n").unwrap();
+    let shown = c.to_toml_redacted();
+    assert!(shown.contains("[spool]"), "{shown}");
+    assert!(shown.contains("memory_threshold = \"128KiB\""), "{shown}");
+    assert_eq!(Config::from_toml_str(&shown).unwrap().spool, c.spool);
+}

@@ -482,7 +482,7 @@ impl Client {
     pub async fn send(
         &mut self,
         env: &Envelope<'_>,
-        body: &Path,
+        body: impl tokio::io::AsyncRead + Unpin,
     ) -> Result<RecipientResults, Failure> {
         if env.eight_bit && !self.caps.eightbitmime {
             return Err(Failure::permanent(
@@ -513,9 +513,6 @@ impl Client {
                 ),
             ));
         }
-        let file = tokio::fs::File::open(body)
-            .await
-            .map_err(|e| Failure::temporary("4.3.0", format!("cannot read queued message: {e}")))?;
         let mut mail = format!("MAIL FROM:<{}>", env.from);
         if self.caps.size.is_some() || self.caps.pipelining {
             mail.push_str(&format!(" SIZE={}", env.size));
@@ -632,7 +629,7 @@ impl Client {
             self.reset().await;
             return Ok(results);
         }
-        self.stream_body(file).await?;
+        self.stream_body(body).await?;
         if self.opts.lmtp {
             // RFC 2033: one reply per accepted recipient.
             for i in &accepted {
@@ -674,7 +671,10 @@ impl Client {
     }
 
     /// Streams the spooled message with dot-stuffing and the final dot.
-    async fn stream_body(&mut self, mut file: tokio::fs::File) -> Result<(), Failure> {
+    async fn stream_body(
+        &mut self,
+        mut file: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), Failure> {
         let mut inbuf = vec![0u8; 64 * 1024];
         let mut out = Vec::with_capacity(66 * 1024);
         let mut at_line_start = true;

@@ -26,7 +26,7 @@ pub fn mailbox_dir(mail_root: &Path, address: &str) -> Option<PathBuf> {
 /// front) into the Maildir at `dir`. Blocking: run it on a blocking thread.
 pub fn deliver(
     dir: &Path,
-    message: &Path,
+    message: &mut dyn std::io::Read,
     recipient: &str,
     sender: &str,
     hostname: &str,
@@ -60,8 +60,7 @@ pub fn deliver(
             clean(sender),
             clean(recipient)
         )?;
-        let mut input = std::fs::File::open(message)?;
-        std::io::copy(&mut input, &mut out)?;
+        std::io::copy(message, &mut out)?;
         out.sync_all()?;
         drop(out);
         let final_path = new.join(&name);
@@ -95,10 +94,9 @@ mod tests {
     #[test]
     fn delivers_into_new_with_trace_headers() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let msg = dir.path().join("m.eml");
-        std::fs::write(&msg, b"Subject: hi\r\n\r\nbody\r\n")?;
+        let mut msg = &b"Subject: hi\r\n\r\nbody\r\n"[..];
         let mbox = dir.path().join("mail/example.com/bob");
-        let path = deliver(&mbox, &msg, "bob@example.com", "a@b.example", "mx.test")?;
+        let path = deliver(&mbox, &mut msg, "bob@example.com", "a@b.example", "mx.test")?;
         assert!(path.starts_with(mbox.join("new")));
         let text = std::fs::read_to_string(&path)?;
         assert!(text.starts_with(

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, DeliveryConfig, LocalTransport, TlsPolicy};
+use crate::spool_ref::SpoolRef;
 use client::{Client, ClientOptions, Envelope, Failure, TlsMode};
 use mx::{MxHost, MxResolver};
 
@@ -78,6 +79,8 @@ pub struct QueueManager {
     per_destination: Mutex<HashMap<Route, Arc<Semaphore>>>,
     /// Group commit of results (issue 9), started on first use.
     recorder: std::sync::OnceLock<recorder::Recorder>,
+    /// Told when finished messages free segment space (issue 9).
+    sweep_trigger: Option<Arc<Notify>>,
 }
 
 fn now_ms() -> i64 {
@@ -158,7 +161,15 @@ impl QueueManager {
             global: Arc::new(Semaphore::new(max_connections)),
             per_destination: Mutex::new(HashMap::new()),
             recorder: std::sync::OnceLock::new(),
+            sweep_trigger: None,
         })
+    }
+
+    /// Notifies `trigger` when delivery finishes messages stored in a
+    /// segment, so the spool's sweeper can delete segments no one needs.
+    pub fn with_sweep_trigger(mut self, trigger: Arc<Notify>) -> QueueManager {
+        self.sweep_trigger = Some(trigger);
+        self
     }
 
     fn delivery(&self) -> &DeliveryConfig {
@@ -527,10 +538,13 @@ impl QueueManager {
         client: &mut Client,
         job: &DeliveryJob,
     ) -> Result<Vec<Attempt>, Failure> {
-        let path = self.config.data_dir.join(&job.spool_path);
-        let eight_bit = has_8bit(&path)
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Failure::temporary("4.3.0", format!("cannot read queued message: {e}"))
+        };
+        let body = SpoolRef::parse(&job.spool_path).map_err(|e| unreadable(&e))?;
+        let eight_bit = has_8bit(&body, &self.config.data_dir)
             .await
-            .map_err(|e| Failure::temporary("4.3.0", format!("cannot read queued message: {e}")))?;
+            .map_err(|e| unreadable(&e))?;
         let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
         let smtputf8 = !job.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         let env = Envelope {
@@ -540,7 +554,11 @@ impl QueueManager {
             eight_bit,
             smtputf8,
         };
-        let results = client.send(&env, &path).await?;
+        let reader = body
+            .open_async(&self.config.data_dir)
+            .await
+            .map_err(|e| unreadable(&e))?;
+        let results = client.send(&env, reader).await?;
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -593,7 +611,7 @@ impl QueueManager {
         let mail_root = self.config.data_dir.join("mail");
         for job in jobs {
             let mut attempts = Vec::new();
-            let path = self.config.data_dir.join(&job.spool_path);
+            let body = SpoolRef::parse(&job.spool_path);
             for r in &job.recipients {
                 let Some(dir) = maildir::mailbox_dir(&mail_root, &r.address) else {
                     attempts.push(Attempt::Failed(Failure::permanent(
@@ -602,14 +620,25 @@ impl QueueManager {
                     )));
                     continue;
                 };
-                let (p, rcpt, sender, host) = (
-                    path.clone(),
+                let body = match &body {
+                    Ok(b) => b.clone(),
+                    Err(e) => {
+                        attempts.push(Attempt::Failed(Failure::temporary(
+                            "4.3.0",
+                            format!("cannot read queued message: {e}"),
+                        )));
+                        continue;
+                    }
+                };
+                let (data_dir, rcpt, sender, host) = (
+                    self.config.data_dir.clone(),
                     r.address.clone(),
                     job.sender.clone(),
                     self.config.hostname.clone(),
                 );
                 let res = tokio::task::spawn_blocking(move || {
-                    maildir::deliver(&dir, &p, &rcpt, &sender, &host)
+                    let mut message = body.open(&data_dir)?;
+                    maildir::deliver(&dir, &mut message, &rcpt, &sender, &host)
                 })
                 .await;
                 attempts.push(match res {
@@ -801,8 +830,22 @@ impl QueueManager {
             .get_or_init(|| recorder::Recorder::start(Arc::clone(&self.store)));
         match recorder.record(outcomes, notices, now).await {
             Ok(done) => {
+                let mut segments_freed = false;
                 for (_, path) in done {
-                    let _ = tokio::fs::remove_file(self.config.data_dir.join(path)).await;
+                    // A segment is shared: the sweeper deletes it once no
+                    // message needs it.
+                    match SpoolRef::parse(&path) {
+                        Ok(SpoolRef::File(file)) => {
+                            let _ = tokio::fs::remove_file(self.config.data_dir.join(file)).await;
+                        }
+                        Ok(SpoolRef::Segment { .. }) => segments_freed = true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "not removing the body of a finished message")
+                        }
+                    }
+                }
+                if segments_freed && let Some(sweep) = &self.sweep_trigger {
+                    sweep.notify_one();
                 }
                 if requeued {
                     self.wake.notify_one();
@@ -825,7 +868,7 @@ impl QueueManager {
         list: &[(usize, &Failure, Option<i64>)],
         host: Option<&str>,
     ) -> std::io::Result<NewMessage> {
-        let original = read_head(&self.config.data_dir.join(&job.spool_path)).await;
+        let original = read_head(&job.spool_path, &self.config.data_dir).await;
         let headers = header_block(&original).to_vec();
         let now_s = now_ms() / 1000;
         let date = rfc2822(now_s);
@@ -888,9 +931,9 @@ enum Attempt {
 }
 
 /// Whether the message holds any byte above 0x7F (needs 8BITMIME).
-async fn has_8bit(path: &std::path::Path) -> std::io::Result<bool> {
+async fn has_8bit(body: &SpoolRef, data_dir: &std::path::Path) -> std::io::Result<bool> {
     use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path).await?;
+    let mut f = body.open_async(data_dir).await?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = f.read(&mut buf).await?;
@@ -903,11 +946,14 @@ async fn has_8bit(path: &std::path::Path) -> std::io::Result<bool> {
     }
 }
 
-/// The first 64 KiB of a message (enough for its header block).
-async fn read_head(path: &std::path::Path) -> Vec<u8> {
+/// The first 64 KiB of a message (enough for its header block); empty when
+/// it cannot be read.
+async fn read_head(spool_path: &str, data_dir: &std::path::Path) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
-    if let Ok(f) = tokio::fs::File::open(path).await {
+    if let Ok(body) = SpoolRef::parse(spool_path)
+        && let Ok(f) = body.open_async(data_dir).await
+    {
         let _ = f.take(64 * 1024).read_to_end(&mut out).await;
     }
     out

@@ -3,8 +3,9 @@
 //! verification of inbound mail, and `domain check`.
 //!
 //! The two hooks below run in the connection driver between the end of DATA
-//! and the spool commit; they read the unfinished spool file back and
-//! insert header fields before it is made durable. They never see or log a
+//! and the spool commit; they read the unfinished message back (from memory
+//! or its spool file) and insert header fields before it is made durable.
+//! They never see or log a
 //! private key, and protocol decisions stay in `proto::Session` (a refusal
 //! is an `EnqueueOutcome`).
 
@@ -66,7 +67,7 @@ pub(crate) async fn prepare_submission(
         writer.insert_headers(&fixups).await;
         return Ok(());
     }
-    let Some((path, offset)) = writer.readable().await else {
+    let Some(message) = writer.readable().await else {
         // The write error is reported by commit.
         return Ok(());
     };
@@ -74,7 +75,7 @@ pub(crate) async fn prepare_submission(
     let prefix = fixups.clone();
     let sign_domain = domain.clone();
     let signed = tokio::task::spawn_blocking(move || {
-        sign::sign_file(&path, offset, &prefix, &sign_domain, keys)
+        sign::sign_message(message, &prefix, &sign_domain, keys)
     })
     .await;
     match signed {
@@ -111,10 +112,10 @@ pub(crate) async fn check_inbound(
     client_ip: std::net::IpAddr,
     writer: &mut SpoolWriter,
 ) -> Result<(), EnqueueOutcome> {
-    let Some((path, offset)) = writer.readable().await else {
+    let Some(message) = writer.readable().await else {
         return Ok(());
     };
-    let raw = match read_from(&path, offset).await {
+    let raw = match message.read_all().await {
         Ok(raw) => raw,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the spooled message back");
@@ -165,13 +166,4 @@ pub(crate) async fn check_inbound(
         None => writer.insert_headers(verdict.header.as_bytes()).await,
     }
     Ok(())
-}
-
-async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut raw = Vec::new();
-    file.read_to_end(&mut raw).await?;
-    Ok(raw)
 }

@@ -1,12 +1,14 @@
 //! DKIM signing of a submitted message (RFC 6376, RFC 8463 dual signing)
 //! and the RFC 6409 §8 fix-ups that come first.
 //!
-//! The message is read back from its unfinished spool file in 64 KiB
-//! chunks and streamed through mail-auth's streaming signer, one per key:
+//! The message is read back in 64 KiB chunks (from memory for a small
+//! message, from its unfinished spool file for a big one) and streamed
+//! through mail-auth's streaming signer, one per key: for a spilled message
 //! memory holds the header block and one chunk, never the whole body.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::Read;
+
+use crate::spool::Readable;
 
 use mail_auth::common::crypto::DkimKey;
 use mail_auth::common::headers::HeaderWriter;
@@ -81,12 +83,12 @@ pub fn fixup_headers(header_block: &[u8], queue_id: &str, hostname: &str) -> Vec
     out
 }
 
-/// Signs `prefix` (the fix-up headers) followed by the file at `path` from
-/// `offset` with every key; returns the DKIM-Signature fields in key order.
-/// Blocking: run it on the blocking pool.
-pub fn sign_file(
-    path: &Path,
-    offset: u64,
+/// Signs `prefix` (the fix-up headers) followed by the client's `message`
+/// (held in memory or in the unfinished spool file) with every key; returns
+/// the DKIM-Signature fields in key order. Blocking: run it on the blocking
+/// pool.
+pub fn sign_message(
+    message: Readable,
     prefix: &[u8],
     domain: &str,
     keys: Vec<SigningKey>,
@@ -107,8 +109,7 @@ pub fn sign_file(
     for s in &mut streams {
         s.write(prefix);
     }
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
+    let mut file = message.open()?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = file.read(&mut buf)?;

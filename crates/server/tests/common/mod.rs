@@ -120,12 +120,17 @@ impl Fixture {
         Arc::clone(&self.store) as Arc<dyn Store>
     }
 
-    /// Spool files (`spool/*.eml`) and leftovers in `incoming/`.
+    /// Spool files (`spool/*.eml`; segments in `spool/seg/` not included)
+    /// and leftovers in `incoming/`.
     pub fn spool_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let list = |sub: &str| -> Vec<PathBuf> {
             match std::fs::read_dir(self.data_dir().join(sub)) {
                 Ok(rd) => {
-                    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                    let mut v: Vec<PathBuf> = rd
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                        .map(|e| e.path())
+                        .collect();
                     v.sort();
                     v
                 }
@@ -512,4 +517,14 @@ pub async fn make_unavailable(store: &SqliteStore) {
         ),
         "a closed store must answer Unavailable"
     );
+}
+
+/// The body of a queued message (a file or a segment range), as text.
+pub fn read_body(data_dir: &std::path::Path, spool_path: &str) -> String {
+    let body = portcullis_server::spool_ref::SpoolRef::parse(spool_path)
+        .unwrap_or_else(|e| panic!("{spool_path}: {e}"));
+    let bytes = body
+        .read_all(data_dir)
+        .unwrap_or_else(|e| panic!("{spool_path}: {e}"));
+    String::from_utf8(bytes).unwrap_or_else(|e| panic!("{spool_path}: {e}"))
 }

@@ -499,6 +499,19 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
+    pub(super) async fn live_spool_files_impl(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT CASE WHEN instr(spool_path, '#') > 0 \
+                 THEN substr(spool_path, 1, instr(spool_path, '#') - 1) \
+                 ELSE spool_path END \
+             FROM queue_messages WHERE done_at IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| unavailable("live_spool_files", e))?;
+        Ok(rows.into_iter().map(|(path,)| path).collect())
+    }
+
     pub(super) async fn add_alias_impl(&self, alias: &str, target: &str) -> Result<()> {
         let (alias, domain) = normalize_alias(alias)?;
         let target = normalize_address(target)

@@ -3477,3 +3477,67 @@ pub async fn suite_directory_token(reader: Arc<dyn Store>, writer: Arc<dyn Store
         "reads leave the token alone"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Segment spool (issue 9)
+// ---------------------------------------------------------------------------
+
+pub async fn suite_live_spool_files(store: Arc<dyn Store>) {
+    let sorted = async |store: &Arc<dyn Store>| {
+        let mut files = store.live_spool_files().await.unwrap();
+        files.sort();
+        files
+    };
+    assert!(sorted(&store).await.is_empty(), "empty queue");
+    let in_segment = |id: &str, seg: &str, offset: u64| {
+        let mut m = message(id, "a@example.com", &["x@one.test"], 1);
+        m.spool_path = format!("spool/seg/{seg}.seg#{offset}+100");
+        m
+    };
+    store
+        .enqueue_batch(&[
+            in_segment("S1", "000000000000000a", 0),
+            in_segment("S2", "000000000000000a", 100),
+            in_segment("S3", "000000000000000b", 0),
+            message("F1", "a@example.com", &["x@one.test"], 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(&store).await,
+        [
+            "spool/F1.eml",
+            "spool/seg/000000000000000a.seg",
+            "spool/seg/000000000000000b.seg"
+        ],
+        "distinct files, ranges cut off"
+    );
+    // Finishing S3 frees segment b; segment a keeps S2 after S1 is done.
+    store.claim_due(i64::MAX, 100).await.unwrap();
+    let delivered = |id: &str| RecipientOutcome {
+        message_id: id.to_owned(),
+        position: 0,
+        status: DeliveryStatus::Delivered,
+        next_attempt_ms: 0,
+        reply: "250 2.0.0 ok".to_owned(),
+        host: None,
+        warned: false,
+        new_address: None,
+    };
+    let done = store
+        .record_delivery(&[delivered("S1"), delivered("S3")], &[], 10_000)
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(
+        sorted(&store).await,
+        ["spool/F1.eml", "spool/seg/000000000000000a.seg"]
+    );
+    // A deleted message no longer holds its file.
+    store.delete_message("F1").await.unwrap();
+    store
+        .record_delivery(&[delivered("S2")], &[], 11_000)
+        .await
+        .unwrap();
+    assert!(sorted(&store).await.is_empty());
+}

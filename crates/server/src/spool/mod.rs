@@ -1,18 +1,42 @@
-//! Durable acceptance: message bodies go to spool files, then into the queue.
+//! Durable acceptance: message bodies go to the spool, then into the queue.
 //!
-//! Order (DESIGN "Storage"): write to `incoming/<id>`, fsync the file, rename
-//! into `spool/<id>.eml`, fsync the directory, then commit the queue row. Only
-//! then may the session answer 250. A crash before the commit leaves at most an
-//! orphan file, never an acknowledged message without its body.
+//! Two ways in (issue 9), with the same guarantee: a session answers 250
+//! only after the message's bytes are on disk and its queue row is
+//! committed. A crash before the commit leaves at most unreferenced bytes,
+//! never an acknowledged message without its body.
+//!
+//! - **Small messages** (up to `[spool] memory_threshold`, within the
+//!   shared `memory_budget`) are held in memory during DATA ([`writer`])
+//!   and handed to the committer with their bytes. The committer appends
+//!   every such body of a batch to the active segment `spool/seg/<id>.seg`,
+//!   fdatasyncs it once (and fsyncs `spool/seg/` when the segment is new),
+//!   then commits the batch's rows; a row's `spool_path` is
+//!   `spool/seg/<id>.seg#<offset>+<len>` ([`crate::spool_ref`]).
+//! - **Big messages** are written to `incoming/<id>`, fdatasynced and renamed
+//!   to `spool/<id>.eml` by the session; the committer fsyncs `spool/` once
+//!   per batch before the rows are committed.
+//!
+//! Segments are never appended to after a restart or a failed write, and are
+//! deleted by the [`segment::Sweeper`] once no message that is not done
+//! refers to them.
+
+pub mod segment;
+#[cfg(test)]
+mod tests;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use portcullis_proto::{EnqueueOutcome, Envelope, ForwardPath, ReversePath};
 
-use crate::commit::{CommitError, Committer};
+use crate::commit::{CommitError, Committer, Payload};
+use crate::config::SpoolConfig;
 use portcullis_store::{NewMessage, Store, StoreError};
 use tokio::io::AsyncWriteExt;
+use writer::{Body, Lease, MemoryBudget, blocking};
+
+pub use writer::{Readable, SpoolWriter};
 
 /// Where spool files live.
 #[derive(Debug)]
@@ -22,8 +46,14 @@ pub struct Spool {
     wake: Arc<tokio::sync::Notify>,
     incoming: PathBuf,
     spool: PathBuf,
-    /// Group commit of directory fsyncs and queue rows (issue 9), started
-    /// with the store of the first commit.
+    /// Segment files and which one is being appended to.
+    segments: segment::Segments,
+    /// Bodies held in memory by all sessions (`[spool] memory_budget`).
+    budget: Arc<MemoryBudget>,
+    /// `[spool] memory_threshold`.
+    threshold: u64,
+    /// Group commit of segment appends, directory fsyncs and queue rows
+    /// (issue 9), started with the store of the first commit.
     committer: std::sync::OnceLock<Committer>,
 }
 
@@ -36,21 +66,6 @@ pub struct Origin {
     pub tls: Option<String>,
 }
 
-/// An open spool file for one message.
-pub struct SpoolWriter {
-    id: String,
-    tmp_path: PathBuf,
-    file: Option<tokio::fs::File>,
-    envelope: Envelope,
-    origin: Origin,
-    size: u64,
-    /// Length of the Received header at the start of the file: the
-    /// client's message starts here.
-    body_offset: u64,
-    /// The first I/O error; reported at commit time.
-    failed: Option<std::io::Error>,
-}
-
 fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
@@ -59,7 +74,9 @@ fn is_disk_full(e: &std::io::Error) -> bool {
 }
 
 impl Spool {
-    pub fn open(data_dir: &Path) -> std::io::Result<Spool> {
+    /// Creates the spool directories, drops what a crash left in
+    /// `incoming/` and picks the id of this run's first segment.
+    pub fn open(data_dir: &Path, config: &SpoolConfig) -> std::io::Result<Spool> {
         let incoming = data_dir.join("incoming");
         let spool = data_dir.join("spool");
         std::fs::create_dir_all(&incoming)?;
@@ -71,34 +88,38 @@ impl Spool {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        let segments = segment::Segments::open(data_dir)?;
         Ok(Spool {
             data_dir: data_dir.to_path_buf(),
             wake: Arc::new(tokio::sync::Notify::new()),
             incoming,
             spool,
+            segments,
+            budget: MemoryBudget::new(config.memory_budget),
+            threshold: config.memory_threshold,
             committer: std::sync::OnceLock::new(),
         })
     }
 
-    /// Opens a spool file and writes the Received header.
+    /// Starts a message with our Received header. Nothing touches the disk
+    /// until the message outgrows memory (or `memory_threshold` is 0).
     pub async fn begin(&self, envelope: Envelope, origin: Origin) -> SpoolWriter {
         let id = new_queue_id();
-        let tmp_path = self.incoming.join(&id);
+        let header = received_header(&id, &envelope, &origin);
         let mut writer = SpoolWriter {
+            spill_path: self.incoming.join(&id),
             id,
-            tmp_path,
-            file: None,
             envelope,
             origin,
             size: 0,
             body_offset: 0,
+            body: Body::Memory {
+                buf: Vec::with_capacity(header.len() + 4096),
+                lease: Lease::new(&self.budget),
+            },
             failed: None,
+            threshold: self.threshold,
         };
-        match tokio::fs::File::create(&writer.tmp_path).await {
-            Ok(f) => writer.file = Some(f),
-            Err(e) => writer.failed = Some(e),
-        }
-        let header = received_header(&writer.id, &writer.envelope, &writer.origin);
         writer.write(header.as_bytes()).await;
         writer.body_offset = writer.size;
         writer
@@ -114,35 +135,10 @@ impl Spool {
     ) -> EnqueueOutcome {
         if let Some(e) = w.failed.take() {
             tracing::error!(error = %e, "spool write failed");
-            self.discard(&w.tmp_path).await;
+            self.discard_body(&w.body).await;
             return io_outcome(&e);
         }
-        let Some(mut file) = w.file.take() else {
-            return EnqueueOutcome::TemporaryFailure;
-        };
-        let final_name = format!("{}.eml", w.id);
-        let final_path = self.spool.join(&final_name);
-        let durable = async {
-            file.flush().await?;
-            // fsync and rename in one trip to the blocking pool, not two;
-            // the directory fsync is the committer's, once per batch.
-            let file = file.into_std().await;
-            let (tmp, dest) = (w.tmp_path.clone(), final_path.clone());
-            tokio::task::spawn_blocking(move || {
-                file.sync_all()?;
-                drop(file);
-                std::fs::rename(tmp, dest)
-            })
-            .await
-            .map_err(std::io::Error::other)?
-        };
-        if let Err(e) = durable.await {
-            tracing::error!(error = %e, "spool fsync/rename failed");
-            self.discard(&w.tmp_path).await;
-            self.discard(&final_path).await;
-            return io_outcome(&e);
-        }
-        let message = NewMessage {
+        let mut message = NewMessage {
             id: w.id.clone(),
             sender: match &w.envelope.from {
                 ReversePath::Null => String::new(),
@@ -155,19 +151,40 @@ impl Spool {
                 .map(|r| recipient_text(r, &w.origin.hostname))
                 .collect(),
             size: w.size,
-            spool_path: Path::new("spool")
-                .join(&final_name)
-                .to_string_lossy()
-                .into_owned(),
+            // Set by the committer for a segment message.
+            spool_path: String::new(),
             auth_user: w.envelope.auth_user.clone(),
             client_ip: w.origin.client_ip.to_string(),
             received_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             usage_ms,
         };
-        let committer = self
-            .committer
-            .get_or_init(|| Committer::start(Arc::clone(store), self.spool.clone()));
-        match committer.commit(message).await {
+        // `_lease` keeps the body counted until the committer has it on disk.
+        let (payload, final_path, _lease) = match w.body {
+            Body::Memory { buf, lease } => (Payload::Segment(buf), None, Some(lease)),
+            Body::File {
+                path,
+                file,
+                pending,
+            } => {
+                let final_name = format!("{}.eml", w.id);
+                let final_path = self.spool.join(&final_name);
+                if let Err(e) = finish_file(file, pending, &path, &final_path).await {
+                    tracing::error!(error = %e, "spool fsync/rename failed");
+                    self.discard(&path).await;
+                    self.discard(&final_path).await;
+                    return io_outcome(&e);
+                }
+                message.spool_path = Path::new("spool")
+                    .join(&final_name)
+                    .to_string_lossy()
+                    .into_owned();
+                (Payload::File, Some(final_path), None)
+            }
+        };
+        let committer = self.committer.get_or_init(|| {
+            Committer::start(Arc::clone(store), self.spool.clone(), self.segments.log())
+        });
+        match committer.commit(message, payload).await {
             (Some(message), Ok(())) => {
                 tracing::info!(
                     target: "portcullis::mail",
@@ -188,9 +205,11 @@ impl Spool {
             }
             (_, Err(e)) => {
                 tracing::error!(error = %e, queue_id = %w.id, "queue commit failed");
-                self.discard(&final_path).await;
+                if let Some(path) = &final_path {
+                    self.discard(path).await;
+                }
                 match e {
-                    CommitError::Directory(e) => io_outcome(&e),
+                    CommitError::Directory(e) | CommitError::Segment(e) => io_outcome(&e),
                     CommitError::Store(StoreError::Unavailable(m)) if m.contains("full") => {
                         EnqueueOutcome::InsufficientStorage
                     }
@@ -202,8 +221,13 @@ impl Spool {
 
     /// Drops an unfinished message.
     pub async fn abort(&self, w: SpoolWriter) {
-        drop(w.file);
-        self.discard(&w.tmp_path).await;
+        self.discard_body(&w.body).await;
+    }
+
+    async fn discard_body(&self, body: &Body) {
+        if let Body::File { path, .. } = body {
+            self.discard(path).await;
+        }
     }
 
     async fn discard(&self, path: &Path) {
@@ -222,6 +246,39 @@ impl Spool {
     pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.wake)
     }
+
+    /// The segment sweeper of this spool (run it with the store).
+    pub fn sweeper(&self) -> segment::Sweeper {
+        self.segments.sweeper()
+    }
+
+    /// Octets of message bodies held in memory now, by all sessions.
+    pub fn memory_in_use(&self) -> u64 {
+        self.budget.used()
+    }
+}
+
+/// Writes what is left of a spilled message, fdatasyncs it and renames it
+/// into `spool/`, in one trip to the blocking pool. The directory fsync is
+/// the committer's, once per batch, so fdatasync is enough here.
+async fn finish_file(
+    file: Option<std::fs::File>,
+    pending: Vec<u8>,
+    tmp: &Path,
+    dest: &Path,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let Some(mut file) = file else {
+        return Err(std::io::Error::other("spool file is not open"));
+    };
+    let (tmp, dest) = (tmp.to_path_buf(), dest.to_path_buf());
+    blocking(move || {
+        file.write_all(&pending)?;
+        file.sync_data()?;
+        drop(file);
+        std::fs::rename(tmp, dest)
+    })
+    .await?
 }
 
 /// Writes a message we generate (a DSN) durably as `spool/<id>.eml`, in the
@@ -265,118 +322,6 @@ fn recipient_text(r: &ForwardPath, hostname: &str) -> String {
     match r {
         ForwardPath::Postmaster => format!("postmaster@{hostname}"),
         ForwardPath::Mailbox(m) => m.to_string(),
-    }
-}
-
-impl SpoolWriter {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Appends content; the first error is kept and reported at commit.
-    pub async fn write(&mut self, data: &[u8]) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Some(f) = &mut self.file {
-            match f.write_all(data).await {
-                Ok(()) => self.size += data.len() as u64,
-                Err(e) => self.failed = Some(e),
-            }
-        }
-    }
-}
-
-impl SpoolWriter {
-    /// The envelope of the message being written.
-    pub fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-
-    /// Flushes what was written and returns the unfinished file's path and
-    /// where the client's message starts in it (after our Received header),
-    /// so the message can be read back before commit (DKIM signing, inbound
-    /// verification). `None` after a write error (commit reports it).
-    pub async fn readable(&mut self) -> Option<(PathBuf, u64)> {
-        if self.failed.is_some() {
-            return None;
-        }
-        let file = self.file.as_mut()?;
-        if let Err(e) = file.flush().await {
-            self.failed = Some(e);
-            return None;
-        }
-        Some((self.tmp_path.clone(), self.body_offset))
-    }
-
-    /// Inserts `headers` (complete CRLF-terminated fields) between our
-    /// Received header and the client's message, by copying the file; the
-    /// copy replaces the unfinished file, and commit makes it durable. Used
-    /// only for messages that get headers added, so other mail is not
-    /// copied.
-    pub async fn insert_headers(&mut self, headers: &[u8]) {
-        if headers.is_empty() || self.failed.is_some() {
-            return;
-        }
-        if let Err(e) = self.rewrite(headers, None).await {
-            self.failed = Some(e);
-        }
-    }
-
-    /// Like [`SpoolWriter::insert_headers`], but the client's message is
-    /// replaced by `message` (inbound mail whose forged
-    /// Authentication-Results fields were renamed).
-    pub async fn replace_message(&mut self, headers: &[u8], message: &[u8]) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Err(e) = self.rewrite(headers, Some(message)).await {
-            self.failed = Some(e);
-        }
-    }
-
-    async fn rewrite(&mut self, headers: &[u8], message: Option<&[u8]>) -> std::io::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let Some(mut old) = self.file.take() else {
-            return Err(std::io::Error::other("spool file is not open"));
-        };
-        old.flush().await?;
-        drop(old);
-        let copy_path = self.tmp_path.with_extension("hdr");
-        let result = async {
-            let mut src = tokio::fs::File::open(&self.tmp_path).await?;
-            let mut dst = tokio::fs::File::create(&copy_path).await?;
-            let mut received = vec![0u8; usize::try_from(self.body_offset).unwrap_or(0)];
-            src.read_exact(&mut received).await?;
-            dst.write_all(&received).await?;
-            dst.write_all(headers).await?;
-            match message {
-                Some(m) => dst.write_all(m).await?,
-                None => {
-                    src.seek(std::io::SeekFrom::Start(self.body_offset)).await?;
-                    tokio::io::copy(&mut src, &mut dst).await?;
-                }
-            }
-            tokio::fs::rename(&copy_path, &self.tmp_path).await?;
-            Ok::<_, std::io::Error>(dst)
-        }
-        .await;
-        match result {
-            Ok(dst) => {
-                self.file = Some(dst);
-                self.size = self.body_offset
-                    + headers.len() as u64
-                    + match message {
-                        Some(m) => m.len() as u64,
-                        None => self.size - self.body_offset,
-                    };
-                Ok(())
-            }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&copy_path).await;
-                Err(e)
-            }
-        }
     }
 }
 

@@ -1,0 +1,379 @@
+//! One message being received: held in memory while it is small, spilled to
+//! its own file in `incoming/` when it grows past `[spool]
+//! memory_threshold` or when the shared `memory_budget` is used up.
+//!
+//! Spilled writes are gathered into [`FLUSH_AT`]-octet blocks so that a big
+//! message costs one blocking-pool trip per block, not per DATA chunk. This
+//! module makes nothing durable: `Spool::commit` does (fdatasync + rename for
+//! a file, the committer's segment append for memory).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use portcullis_proto::Envelope;
+
+use super::Origin;
+
+/// Spilled data is written once this much has gathered.
+pub(super) const FLUSH_AT: usize = 64 * 1024;
+
+/// Octets of message bodies held in memory by every session together.
+/// It counts lengths, not `Vec` capacities: real use may be up to twice the
+/// count while a buffer grows.
+#[derive(Debug)]
+pub(crate) struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(limit: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            used: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    /// Octets held now (for tests and metrics).
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// One writer's share of the [`MemoryBudget`]; given back on drop.
+#[derive(Debug)]
+pub(super) struct Lease {
+    budget: Arc<MemoryBudget>,
+    held: u64,
+}
+
+impl Lease {
+    pub(super) fn new(budget: &Arc<MemoryBudget>) -> Lease {
+        Lease {
+            budget: Arc::clone(budget),
+            held: 0,
+        }
+    }
+
+    /// Grows the share to `total` octets if the budget has room.
+    fn grow_to(&mut self, total: u64) -> bool {
+        let Some(extra) = total.checked_sub(self.held) else {
+            return true;
+        };
+        let limit = self.budget.limit;
+        let granted = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(extra).filter(|n| *n <= limit)
+            })
+            .is_ok();
+        if granted {
+            self.held = total;
+        }
+        granted
+    }
+
+    /// Grows the share to `total` even past the limit (a few header fields
+    /// added to a message already in memory).
+    fn force_to(&mut self, total: u64) {
+        if let Some(extra) = total.checked_sub(self.held) {
+            self.budget.used.fetch_add(extra, Ordering::AcqRel);
+            self.held = total;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+/// Where the message is while it is received.
+pub(super) enum Body {
+    /// Our Received header and the client's data so far.
+    Memory { buf: Vec<u8>, lease: Lease },
+    /// Spilled to `incoming/<id>`; `pending` is not written yet.
+    File {
+        path: PathBuf,
+        file: Option<std::fs::File>,
+        pending: Vec<u8>,
+    },
+}
+
+/// One message being received. Writes never fail on the spot: the first
+/// I/O error is kept and reported at commit (the client still gets to send
+/// its final dot).
+pub struct SpoolWriter {
+    pub(super) id: String,
+    pub(super) envelope: Envelope,
+    pub(super) origin: Origin,
+    /// Octets so far, our Received header included.
+    pub(super) size: u64,
+    /// Length of our Received header: the client's message starts here.
+    pub(super) body_offset: u64,
+    pub(super) body: Body,
+    /// The first I/O error; reported at commit time.
+    pub(super) failed: Option<std::io::Error>,
+    /// Where a spilled message goes.
+    pub(super) spill_path: PathBuf,
+    /// Largest message kept in memory.
+    pub(super) threshold: u64,
+}
+
+/// The client's message (after our Received header) as it is before
+/// commit, to read back for DKIM signing and inbound verification.
+pub enum Readable {
+    /// A copy of the message held in memory.
+    Memory(Vec<u8>),
+    /// The unfinished spool file, from `offset`.
+    File { path: PathBuf, offset: u64 },
+}
+
+impl Readable {
+    /// A blocking reader over the message; run it on the blocking pool.
+    pub fn open(self) -> std::io::Result<Box<dyn Read + Send>> {
+        use std::io::{Seek, SeekFrom};
+        match self {
+            Readable::Memory(buf) => Ok(Box::new(std::io::Cursor::new(buf))),
+            Readable::File { path, offset } => {
+                let mut file = std::fs::File::open(path)?;
+                file.seek(SeekFrom::Start(offset))?;
+                Ok(Box::new(file))
+            }
+        }
+    }
+
+    /// The whole message.
+    pub async fn read_all(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Readable::Memory(buf) => Ok(buf),
+            file => blocking(move || {
+                let mut raw = Vec::new();
+                file.open()?.read_to_end(&mut raw)?;
+                Ok(raw)
+            })
+            .await
+            .and_then(|r| r),
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool; a panicked task is an I/O error.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+impl SpoolWriter {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The envelope of the message being written.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Whether the message is still held in memory (not spilled to a file).
+    pub fn in_memory(&self) -> bool {
+        matches!(self.body, Body::Memory { .. })
+    }
+
+    /// Appends content; the first error is kept and reported at commit.
+    pub async fn write(&mut self, data: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let total = self.size + data.len() as u64;
+        let result = match &mut self.body {
+            Body::Memory { buf, lease } => {
+                if total <= self.threshold && lease.grow_to(total) {
+                    buf.extend_from_slice(data);
+                    Ok(())
+                } else {
+                    let mut first = std::mem::take(buf);
+                    first.extend_from_slice(data);
+                    self.spill(first).await
+                }
+            }
+            Body::File { pending, .. } => {
+                pending.extend_from_slice(data);
+                if pending.len() >= FLUSH_AT {
+                    self.flush().await
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        match result {
+            Ok(()) => self.size = total,
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    /// Moves the message to its own file: creates it and writes `data`
+    /// (everything so far) in one trip to the blocking pool. The memory
+    /// lease is given back.
+    pub(super) async fn spill(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        let path = self.spill_path.clone();
+        self.body = Body::File {
+            path: path.clone(),
+            file: None,
+            pending: Vec::new(),
+        };
+        let file = blocking(move || {
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&data)?;
+            Ok::<_, std::io::Error>(f)
+        })
+        .await??;
+        if let Body::File { file: slot, .. } = &mut self.body {
+            *slot = Some(file);
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending of a spilled message (one blocking trip).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let Body::File { file, pending, .. } = &mut self.body else {
+            return Ok(());
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let Some(mut f) = file.take() else {
+            return Err(std::io::Error::other("spool file is not open"));
+        };
+        let data = std::mem::take(pending);
+        let (f, data, result) = blocking(move || {
+            let r = f.write_all(&data);
+            (f, data, r)
+        })
+        .await?;
+        if let Body::File { file, pending, .. } = &mut self.body {
+            *file = Some(f);
+            let mut data = data;
+            data.clear();
+            *pending = data;
+        }
+        result
+    }
+
+    /// Returns the client's message (after our Received header) for reading
+    /// back before commit (DKIM signing, inbound verification). `None`
+    /// after a write error (commit reports it).
+    pub async fn readable(&mut self) -> Option<Readable> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let offset = usize::try_from(self.body_offset).unwrap_or(usize::MAX);
+        if let Body::Memory { buf, .. } = &self.body {
+            return Some(Readable::Memory(
+                buf.get(offset..).unwrap_or_default().to_vec(),
+            ));
+        }
+        if let Err(e) = self.flush().await {
+            self.failed = Some(e);
+            return None;
+        }
+        match &self.body {
+            Body::File { path, .. } => Some(Readable::File {
+                path: path.clone(),
+                offset: self.body_offset,
+            }),
+            Body::Memory { .. } => None,
+        }
+    }
+
+    /// Inserts `headers` (complete CRLF-terminated fields) between our
+    /// Received header and the client's message: a splice in memory, or a
+    /// copy of a spilled file that replaces it (commit makes it durable).
+    /// Mail that gets no header is never copied.
+    pub async fn insert_headers(&mut self, headers: &[u8]) {
+        if headers.is_empty() || self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.rewrite(headers, None).await {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Like [`SpoolWriter::insert_headers`], but the client's message is
+    /// replaced by `message` (inbound mail whose forged
+    /// Authentication-Results fields were renamed).
+    pub async fn replace_message(&mut self, headers: &[u8], message: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.rewrite(headers, Some(message)).await {
+            self.failed = Some(e);
+        }
+    }
+
+    async fn rewrite(&mut self, headers: &[u8], message: Option<&[u8]>) -> std::io::Result<()> {
+        let offset = usize::try_from(self.body_offset).map_err(std::io::Error::other)?;
+        let new_size = self.body_offset
+            + headers.len() as u64
+            + match message {
+                Some(m) => m.len() as u64,
+                None => self.size - self.body_offset,
+            };
+        if let Body::Memory { buf, lease } = &mut self.body {
+            match message {
+                Some(m) => {
+                    buf.truncate(offset);
+                    buf.extend_from_slice(headers);
+                    buf.extend_from_slice(m);
+                }
+                None => {
+                    buf.splice(offset..offset, headers.iter().copied());
+                }
+            }
+            lease.force_to(new_size);
+            self.size = new_size;
+            return Ok(());
+        }
+        self.flush().await?;
+        let Body::File { path, file, .. } = &mut self.body else {
+            return Ok(());
+        };
+        let Some(old) = file.take() else {
+            return Err(std::io::Error::other("spool file is not open"));
+        };
+        drop(old);
+        let (tmp, copy) = (path.clone(), path.with_extension("hdr"));
+        let (headers, message) = (headers.to_vec(), message.map(<[u8]>::to_vec));
+        let body_offset = self.body_offset;
+        let copied = blocking(move || {
+            let result = (|| -> std::io::Result<std::fs::File> {
+                let mut src = std::fs::File::open(&tmp)?;
+                let mut dst = std::fs::File::create(&copy)?;
+                std::io::copy(&mut (&mut src).take(body_offset), &mut dst)?;
+                dst.write_all(&headers)?;
+                match message {
+                    Some(m) => dst.write_all(&m)?,
+                    None => {
+                        std::io::copy(&mut src, &mut dst)?;
+                    }
+                }
+                std::fs::rename(&copy, &tmp)?;
+                Ok(dst)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&copy);
+            }
+            result
+        })
+        .await??;
+        *file = Some(copied);
+        self.size = new_size;
+        Ok(())
+    }
+}
