@@ -55,7 +55,7 @@ pub(crate) async fn prepare_submission(
     };
     let mut keys = Vec::new();
     for key in stored.iter().filter(|k| k.state == DkimKeyState::Active) {
-        match keys::SigningKey::load(key) {
+        match keys::SigningKey::load_cached(key) {
             Ok(k) => keys.push(k),
             Err(e) => {
                 tracing::error!(error = %e, domain, "cannot load DKIM key");

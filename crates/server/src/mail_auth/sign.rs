@@ -10,7 +10,6 @@ use std::io::Read;
 
 use crate::spool::Readable;
 
-use mail_auth::common::crypto::DkimKey;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 
@@ -94,7 +93,7 @@ pub fn sign_message(
     keys: Vec<SigningKey>,
 ) -> Result<Vec<u8>, SignError> {
     let selectors: Vec<String> = keys.iter().map(|k| k.selector.clone()).collect();
-    let signers: Vec<DkimSigner<DkimKey, Done>> = keys
+    let signers: Vec<DkimSigner<super::keys::SharedKey, Done>> = keys
         .into_iter()
         .map(|k| {
             DkimSigner::from_key(k.key)
