@@ -245,7 +245,10 @@ impl Driver {
                         client_ip: self.peer.ip(),
                         tls: self.tls_info.clone(),
                     };
-                    let outcome = match self.shared.auth.authenticate(creds, &ctx).await {
+                    // Boxed: the auth future is ~12 KiB, and inline it made
+                    // every connection's future that big, idle or not
+                    // (issue 9 scenario f: 10,000 idle sessions).
+                    let outcome = match Box::pin(self.shared.auth.authenticate(creds, &ctx)).await {
                         AuthDecision::Outcome(outcome) => outcome,
                         AuthDecision::Close(reply) => {
                             log_rejection(&reply);
@@ -346,7 +349,10 @@ impl Driver {
                     };
                     let refused = match refused {
                         Some(r) => Some(r),
-                        None => self.before_commit(headers.as_ref()).await,
+                        // Boxed, like the commit below: once per message, and
+                        // it keeps these large futures out of every idle
+                        // connection's state (issue 9 scenario f).
+                        None => Box::pin(self.before_commit(headers.as_ref())).await,
                     };
                     let outcome = match (self.spool.take(), refused) {
                         (Some(w), Some(outcome)) => {
@@ -354,7 +360,7 @@ impl Driver {
                             outcome
                         }
                         (Some(w), None) => {
-                            self.shared.spool.commit(w, &self.shared.store, usage).await
+                            Box::pin(self.shared.spool.commit(w, &self.shared.store, usage)).await
                         }
                         (None, _) => portcullis_proto::EnqueueOutcome::TemporaryFailure,
                     };

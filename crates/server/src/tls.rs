@@ -70,6 +70,7 @@ impl TlsManager {
             }
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        warm_up_rng(&provider);
         let key = load_pair(&cert_path, &key_path, &provider)?;
         let current = Arc::new(ReloadableCert(RwLock::new(Arc::new(key))));
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -175,4 +176,16 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = options.open(path)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+/// Seeds aws-lc's random generator now, at start-up. Its first use runs
+/// the jitter entropy source (about 0.4 billion instructions, 0.15–0.3 s of
+/// CPU on the benchmark machine): left to the first TLS handshake, the
+/// first client after every start waited that long, and the benchmark
+/// counted it as per-message CPU (issue 9).
+fn warm_up_rng(provider: &rustls::crypto::CryptoProvider) {
+    let mut seed = [0u8; 16];
+    if provider.secure_random.fill(&mut seed).is_err() {
+        tracing::warn!("the TLS random generator failed its first use at start-up");
+    }
 }
