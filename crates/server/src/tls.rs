@@ -178,6 +178,69 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A client-side verifier that accepts any certificate chain. The handshake
+/// signatures are still checked, so the session really is with the holder
+/// of the presented key; whether the chain deserves trust is left to the
+/// caller (opportunistic delivery, RFC 7435; `portcullis check`, which
+/// reports on the chain afterwards).
+#[derive(Debug)]
+pub struct AcceptAnyChain {
+    provider: Arc<CryptoProvider>,
+}
+
+impl AcceptAnyChain {
+    pub fn new(provider: Arc<CryptoProvider>) -> AcceptAnyChain {
+        AcceptAnyChain { provider }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyChain {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Seeds aws-lc's random generator now, at start-up. Its first use runs
 /// the jitter entropy source (about 0.4 billion instructions, 0.15–0.3 s of
 /// CPU on the benchmark machine): left to the first TLS handshake, the
