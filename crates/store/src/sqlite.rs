@@ -204,8 +204,14 @@ pub(crate) async fn insert_messages(
             })?);
     }
     let rows: Vec<(&NewMessage, i64)> = messages.iter().zip(sizes).collect();
+    // Every row of the batch goes in ONE round trip to SQLite's worker
+    // thread: the INSERTs are statements of one query string, and sqlx binds
+    // the `?` arguments across them in order (issue 9: each execute was a
+    // futex hand-off there and back; issue 5: the usage rows no longer cost a
+    // round trip of their own).
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("");
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        q.push(
             "INSERT INTO queue_messages \
              (id, sender, size, spool_path, auth_user, client_ip, received_at) ",
         );
@@ -218,12 +224,7 @@ pub(crate) async fn insert_messages(
                 .push_bind(&m.client_ip)
                 .push_bind(m.received_at);
         });
-        if let Err(e) = q.build().execute(&mut *conn).await {
-            return Err(match chunk {
-                [(only, _)] => insert_error("enqueue", &only.id, e),
-                _ => duplicate_in(conn, chunk, e).await,
-            });
-        }
+        q.push("; ");
     }
     let recipients: Vec<(&str, i64, &String)> = messages
         .iter()
@@ -234,19 +235,14 @@ pub(crate) async fn insert_messages(
         })
         .collect();
     for chunk in recipients.chunks(ROWS_PER_INSERT * 3) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO queue_recipients (message_id, position, address, domain) ",
-        );
+        q.push("INSERT INTO queue_recipients (message_id, position, address, domain) ");
         q.push_values(chunk, |mut row, (id, position, address)| {
             row.push_bind(*id)
                 .push_bind(*position)
                 .push_bind(*address)
                 .push_bind(recipient_domain(address));
         });
-        q.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| unavailable("enqueue: recipient", e))?;
+        q.push("; ");
     }
     // normalize_new_message refuses usage without an auth user. Equal
     // timestamps of one message share one row with a count.
@@ -267,16 +263,17 @@ pub(crate) async fn insert_messages(
         }
     }
     for chunk in usage.chunks(ROWS_PER_INSERT * 3) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO usage_events (account, at_ms, count) ",
-        );
+        q.push("INSERT INTO usage_events (account, at_ms, count) ");
         q.push_values(chunk, |mut row, (account, at_ms, count)| {
             row.push_bind(*account).push_bind(*at_ms).push_bind(*count);
         });
-        q.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| unavailable("enqueue: usage", e))?;
+        q.push("; ");
+    }
+    if let Err(e) = q.build().execute(&mut *conn).await {
+        return Err(match rows.as_slice() {
+            [(only, _)] => insert_error("enqueue", &only.id, e),
+            _ => duplicate_in(conn, &rows, e).await,
+        });
     }
     Ok(())
 }
