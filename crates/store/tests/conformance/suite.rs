@@ -3514,16 +3514,7 @@ pub async fn suite_live_spool_files(store: Arc<dyn Store>) {
     );
     // Finishing S3 frees segment b; segment a keeps S2 after S1 is done.
     store.claim_due(i64::MAX, 100).await.unwrap();
-    let delivered = |id: &str| RecipientOutcome {
-        message_id: id.to_owned(),
-        position: 0,
-        status: DeliveryStatus::Delivered,
-        next_attempt_ms: 0,
-        reply: "250 2.0.0 ok".to_owned(),
-        host: None,
-        warned: false,
-        new_address: None,
-    };
+    let delivered = |id: &str| outcome(id, 0, DeliveryStatus::Delivered, 0, "250 2.0.0 ok");
     let done = store
         .record_delivery(&[delivered("S1"), delivered("S3")], &[], 10_000)
         .await
