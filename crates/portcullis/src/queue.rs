@@ -336,7 +336,7 @@ async fn delete(store: &SqliteStore, data_dir: &Path, id: &str) -> anyhow::Resul
         println!("Note: a delivery attempt was under way; it may still complete.");
     }
     let file = match SpoolRef::parse(&spool_path) {
-        Ok(SpoolRef::File(file)) => data_dir.join(file),
+        Ok(SpoolRef::File(file) | SpoolRef::FileRange { path: file, .. }) => data_dir.join(file),
         Ok(SpoolRef::Segment { path, .. }) => {
             // Issue 9: the segment holds other messages; the server's
             // sweeper deletes it once none of them is needed.

@@ -1,9 +1,13 @@
 //! Where a queued message's body is: the parsed form of a queue row's
 //! `spool_path`, and the one way to read a body back.
 //!
-//! Two forms (issue 9), both relative to the data dir:
-//! - `spool/<id>.eml`: the body is the whole file (large messages, DSNs,
-//!   everything queued before segments existed);
+//! Three forms (issue 9), all relative to the data dir:
+//! - `spool/<id>.eml`: the body is the whole file (DSNs, and everything
+//!   queued before the forms below existed);
+//! - `spool/<id>.eml#<offset>+<len>`: the body is `len` octets at `offset`
+//!   of a file that belongs to this message alone (a large message: the
+//!   file starts with a hole kept for the header fields added at the end of
+//!   DATA, so DKIM signing never copies the message);
 //! - `spool/seg/<16 hex>.seg#<offset>+<len>`: the body is `len` octets at
 //!   `offset` of a segment file that holds the bodies of many small
 //!   messages, appended by the committer (`commit.rs`).
@@ -20,11 +24,22 @@ use std::path::{Component, Path, PathBuf};
 /// Separates a segment's path from the range of one message in it.
 pub const RANGE_MARK: char = '#';
 
+/// Where the shared segment files are, relative to the data dir; a ranged
+/// path anywhere else is a [`SpoolRef::FileRange`].
+pub const SEGMENT_DIR: &str = "spool/seg";
+
 /// A parsed `spool_path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpoolRef {
     /// The body is the whole file.
     File(PathBuf),
+    /// The body is `len` octets at `offset` of a file of this message
+    /// alone (deleted with the message).
+    FileRange {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
     /// The body is `len` octets at `offset` of a shared segment file.
     Segment {
         path: PathBuf,
@@ -77,13 +92,19 @@ impl SpoolRef {
         if offset.checked_add(len).is_none() {
             return Err(bad());
         }
-        Ok(SpoolRef::Segment { path, offset, len })
+        if path.starts_with(SEGMENT_DIR) {
+            Ok(SpoolRef::Segment { path, offset, len })
+        } else {
+            Ok(SpoolRef::FileRange { path, offset, len })
+        }
     }
 
     /// The file that holds the body, relative to the data dir.
     pub fn file(&self) -> &Path {
         match self {
-            SpoolRef::File(path) | SpoolRef::Segment { path, .. } => path,
+            SpoolRef::File(path)
+            | SpoolRef::FileRange { path, .. }
+            | SpoolRef::Segment { path, .. } => path,
         }
     }
 
@@ -100,7 +121,7 @@ impl SpoolRef {
         let mut file = std::fs::File::open(data_dir.join(self.file()))?;
         match self {
             SpoolRef::File(_) => Ok(file.take(u64::MAX)),
-            SpoolRef::Segment { offset, len, .. } => {
+            SpoolRef::FileRange { offset, len, .. } | SpoolRef::Segment { offset, len, .. } => {
                 check_covers(file.metadata()?.len(), *offset, *len)?;
                 file.seek(SeekFrom::Start(*offset))?;
                 Ok(file.take(*len))
@@ -117,7 +138,7 @@ impl SpoolRef {
         let mut file = tokio::fs::File::open(data_dir.join(self.file())).await?;
         match self {
             SpoolRef::File(_) => Ok(file.take(u64::MAX)),
-            SpoolRef::Segment { offset, len, .. } => {
+            SpoolRef::FileRange { offset, len, .. } | SpoolRef::Segment { offset, len, .. } => {
                 check_covers(file.metadata().await?.len(), *offset, *len)?;
                 file.seek(SeekFrom::Start(*offset)).await?;
                 Ok(file.take(*len))
@@ -139,7 +160,7 @@ impl fmt::Display for SpoolRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpoolRef::File(path) => write!(f, "{}", path.display()),
-            SpoolRef::Segment { path, offset, len } => {
+            SpoolRef::FileRange { path, offset, len } | SpoolRef::Segment { path, offset, len } => {
                 write!(f, "{}{RANGE_MARK}{offset}+{len}", path.display())
             }
         }
@@ -198,6 +219,21 @@ mod tests {
                 len: 0
             })
         );
+        // A range of a message's own file: not shared, deleted with it.
+        let own = SpoolRef::parse("spool/0123.eml#4000+1048576").unwrap();
+        assert_eq!(
+            own,
+            SpoolRef::FileRange {
+                path: "spool/0123.eml".into(),
+                offset: 4000,
+                len: 1048576
+            }
+        );
+        assert!(!own.is_segment());
+        assert_eq!(own.file(), Path::new("spool/0123.eml"));
+        assert_eq!(SpoolRef::parse(&own.to_string()), Ok(own));
+        // `spool/segment/` is not the segment directory.
+        assert!(!SpoolRef::parse("spool/segment/x#0+1").unwrap().is_segment());
     }
 
     #[test]

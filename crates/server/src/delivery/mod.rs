@@ -835,7 +835,7 @@ impl QueueManager {
                     // A segment is shared: the sweeper deletes it once no
                     // message needs it.
                     match SpoolRef::parse(&path) {
-                        Ok(SpoolRef::File(file)) => {
+                        Ok(SpoolRef::File(file) | SpoolRef::FileRange { path: file, .. }) => {
                             let _ = tokio::fs::remove_file(self.config.data_dir.join(file)).await;
                         }
                         Ok(SpoolRef::Segment { .. }) => segments_freed = true,

@@ -12,9 +12,11 @@
 //!   fdatasyncs it once (and fsyncs `spool/seg/` when the segment is new),
 //!   then commits the batch's rows; a row's `spool_path` is
 //!   `spool/seg/<id>.seg#<offset>+<len>` ([`crate::spool_ref`]).
-//! - **Big messages** are written to `incoming/<id>`, fdatasynced and renamed
-//!   to `spool/<id>.eml` by the session; the committer fsyncs `spool/` once
-//!   per batch before the rows are committed.
+//! - **Big messages** are written to `incoming/<id>` (from offset
+//!   [`writer::HEADER_ROOM`], the room for the header fields added at the
+//!   end of DATA), fdatasynced and renamed to `spool/<id>.eml` by the
+//!   session; the committer fsyncs `spool/` once per batch before the rows
+//!   are committed. The row names the range: `spool/<id>.eml#<start>+<len>`.
 //!
 //! Segments are never appended to after a restart or a failed write, and are
 //! deleted by the [`segment::Sweeper`] once no message that is not done
@@ -32,6 +34,7 @@ use portcullis_proto::{EnqueueOutcome, Envelope, ForwardPath, ReversePath};
 
 use crate::commit::{CommitError, Committer, Payload};
 use crate::config::SpoolConfig;
+use crate::spool_ref::SpoolRef;
 use portcullis_store::{NewMessage, Store, StoreError};
 use tokio::io::AsyncWriteExt;
 use writer::{Body, Lease, MemoryBudget, blocking};
@@ -119,6 +122,7 @@ impl Spool {
             },
             failed: None,
             threshold: self.threshold,
+            received: header.as_bytes().to_vec(),
         };
         writer.write(header.as_bytes()).await;
         writer.body_offset = writer.size;
@@ -165,6 +169,7 @@ impl Spool {
                 path,
                 file,
                 pending,
+                start,
             } => {
                 let final_name = format!("{}.eml", w.id);
                 let final_path = self.spool.join(&final_name);
@@ -174,10 +179,17 @@ impl Spool {
                     self.discard(&final_path).await;
                     return io_outcome(&e);
                 }
-                message.spool_path = Path::new("spool")
-                    .join(&final_name)
-                    .to_string_lossy()
-                    .into_owned();
+                let file_ref = Path::new("spool").join(&final_name);
+                message.spool_path = if start == 0 {
+                    SpoolRef::File(file_ref)
+                } else {
+                    SpoolRef::FileRange {
+                        path: file_ref,
+                        offset: start,
+                        len: w.size,
+                    }
+                }
+                .to_string();
                 (Payload::File, Some(final_path), None)
             }
         };

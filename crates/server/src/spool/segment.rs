@@ -43,7 +43,7 @@ const SWEEP_MIN_GAP: Duration = Duration::from_secs(30);
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// Where segments live, relative to the data dir.
-const SEG_DIR: &str = "spool/seg";
+const SEG_DIR: &str = crate::spool_ref::SEGMENT_DIR;
 
 /// The id of the segment being appended to, shared by the log and the
 /// sweeper.

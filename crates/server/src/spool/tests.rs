@@ -245,6 +245,73 @@ async fn read_back_and_insert_headers_in_memory_and_in_a_file() {
     }
 }
 
+/// A spilled message gets its added fields in the room before it: no copy
+/// of the file (same inode), the row names the range, and the stored body is
+/// exactly Received, the fields (latest first, as in memory), the message.
+/// Fields too big for the room fall back to a copy.
+#[tokio::test]
+async fn spilled_message_takes_added_fields_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture(0, 1024 * 1024).await;
+    let data = message("big", 50);
+    let mut w = f.spool.begin(envelope(), origin()).await;
+    w.write(&data).await;
+    let Some(Readable::File { path, .. }) = w.readable().await else {
+        panic!("not spilled");
+    };
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let (h1, h2) = (b"DKIM-Signature: one\r\n", b"Message-ID: <x@y>\r\n");
+    w.insert_headers(h1).await;
+    w.insert_headers(h2).await;
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "copied");
+    let mut expected = h2.to_vec();
+    expected.extend_from_slice(h1);
+    expected.extend_from_slice(&data);
+    let back = w.readable().await.unwrap().read_all().await.unwrap();
+    assert_eq!(back, expected);
+    let id = match f.spool.commit(w, &f.store, Vec::new()).await {
+        EnqueueOutcome::Queued { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let r = f.body_ref(&id).await;
+    let SpoolRef::FileRange { offset, len, .. } = &r else {
+        panic!("{r}");
+    };
+    assert_eq!(
+        *offset,
+        super::writer::HEADER_ROOM - (h1.len() + h2.len()) as u64
+    );
+    let body = r.read_all(&f.data_dir).unwrap();
+    assert_eq!(body.len() as u64, *len);
+    let entry = f.store.queue_entry(&id).await.unwrap().unwrap();
+    assert_eq!(entry.size, *len);
+    let received_len = body.len() - expected.len();
+    assert!(body.starts_with(b"Received: from client.test"));
+    assert!(body[..received_len].ends_with(b"\r\n"));
+    assert_eq!(&body[received_len..], expected.as_slice());
+
+    // More than the room: the file is copied, the row names the whole file.
+    let mut w = f.spool.begin(envelope(), origin()).await;
+    w.write(&data).await;
+    let mut huge = b"X-Huge: ".to_vec();
+    huge.resize(super::writer::HEADER_ROOM as usize + 10, b'h');
+    huge.extend_from_slice(b"\r\n");
+    w.insert_headers(&huge).await;
+    let id = match f.spool.commit(w, &f.store, Vec::new()).await {
+        EnqueueOutcome::Queued { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let r = f.body_ref(&id).await;
+    assert!(matches!(r, SpoolRef::File(_)), "{r}");
+    let body = r.read_all(&f.data_dir).unwrap();
+    let mut tail = huge.clone();
+    tail.extend_from_slice(&data);
+    assert!(body.starts_with(b"Received: from client.test"));
+    assert!(body.ends_with(&tail));
+    let entry = f.store.queue_entry(&id).await.unwrap().unwrap();
+    assert_eq!(entry.size, body.len() as u64);
+}
+
 /// A crash after a segment append but before the queue commit leaves
 /// bytes nobody refers to after the last committed message; they change
 /// nothing for committed messages, and the next run starts a new segment.
