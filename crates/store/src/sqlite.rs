@@ -72,6 +72,14 @@ const MAX_CONNECTIONS: u32 = 4;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for every multi-statement write transaction
+    /// ([`SqliteStore::begin_write`]). SQLite runs one writer at a time
+    /// anyway; with writes on one connection its page cache stays valid
+    /// between transactions (in WAL mode a connection that sees another's
+    /// commit drops its whole cache and reads the pages again: 8 `pread`s
+    /// per group commit when writes rotated over the pool, issue 9), and
+    /// waiting writers queue here instead of polling SQLite's busy handler.
+    writer: SqlitePool,
     token: std::sync::Arc<change_token::ChangeToken>,
 }
 
@@ -115,11 +123,22 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| unavailable(&format!("opening {}", path.display()), e))?;
         let token = std::sync::Arc::new(change_token::ChangeToken::open(path));
-        Ok(SqliteStore { pool, token })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            token,
+        })
     }
 
     /// Marks directory data (accounts, domains, aliases, credentials, keys,
@@ -133,11 +152,14 @@ impl SqliteStore {
     /// down process checkpoint the WAL cleanly. Later calls on this store or
     /// its clones fail with `Unavailable`.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
+    /// A write transaction on the writer connection. Never nest: a second
+    /// `begin_write` while one is open would wait for the first.
     async fn begin_write(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| unavailable(what, e))
@@ -192,6 +214,19 @@ pub(crate) async fn insert_messages(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
 ) -> Result<()> {
+    run_inserts(conn, messages, false).await
+}
+
+/// [`insert_messages`]; with `own_transaction` the query string is also
+/// wrapped in `BEGIN IMMEDIATE` ... `COMMIT`, so a whole group commit is one
+/// round trip to SQLite's worker thread instead of three (issue 9). On an
+/// error the statements after the failing one did not run; what did is
+/// rolled back here before the error is returned.
+async fn run_inserts(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+    own_transaction: bool,
+) -> Result<()> {
     let mut sizes = Vec::with_capacity(messages.len());
     let mut seen = std::collections::HashSet::with_capacity(messages.len());
     for m in messages {
@@ -209,7 +244,11 @@ pub(crate) async fn insert_messages(
     // the `?` arguments across them in order (issue 9: each execute was a
     // futex hand-off there and back; issue 5: the usage rows no longer cost a
     // round trip of their own).
-    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("");
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(if own_transaction {
+        "BEGIN IMMEDIATE; "
+    } else {
+        ""
+    });
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         q.push(
             "INSERT INTO queue_messages \
@@ -269,7 +308,14 @@ pub(crate) async fn insert_messages(
         });
         q.push("; ");
     }
+    if own_transaction {
+        q.push("COMMIT;");
+    }
     if let Err(e) = q.build().execute(&mut *conn).await {
+        if own_transaction {
+            // Fails harmlessly when BEGIN itself failed (no transaction).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
         return Err(match rows.as_slice() {
             [(only, _)] => insert_error("enqueue", &only.id, e),
             _ => duplicate_in(conn, &rows, e).await,
@@ -965,14 +1011,22 @@ impl Store for SqliteStore {
             .iter()
             .map(normalize_new_message)
             .collect::<Result<Vec<_>>>()?;
-        let mut tx = self.begin_write("enqueue_batch").await?;
-        // Any error (a duplicate id, also inside the batch, is
-        // AlreadyExists) drops `tx`, which rolls everything back.
-        insert_messages(&mut tx, &messages).await?;
-        // One WAL fsync (synchronous=FULL) for the whole batch.
-        tx.commit()
+        let mut conn = self
+            .writer
+            .acquire()
             .await
-            .map_err(|e| unavailable("enqueue_batch: commit", e))
+            .map_err(|e| unavailable("enqueue_batch", e))?;
+        // BEGIN, the INSERTs and COMMIT in one round trip; one WAL fsync
+        // (synchronous=FULL) for the whole batch. Any error (a duplicate
+        // id, also inside the batch, is AlreadyExists) is rolled back.
+        let result = run_inserts(&mut conn, &messages, true).await;
+        if result.is_err() {
+            // sqlx does not track a transaction begun by SQL text: rather
+            // than risk handing out a connection with one still open (a
+            // failed ROLLBACK), drop it; the pool opens a fresh one.
+            conn.close_on_drop();
+        }
+        result
     }
 
     async fn live_spool_files(&self) -> Result<Vec<String>> {

@@ -3363,6 +3363,10 @@ pub async fn suite_enqueue_batch(store: Arc<dyn Store>) {
     assert_exists(store.enqueue_batch(&twice).await, "B7");
     assert_eq!(store.list_queue().await.unwrap(), queue);
     assert_eq!(all_usage(&store).await.len(), 3);
+    // A failed batch leaves nothing open: the next one commits.
+    let after = vec![message("B8", "a@example.com", &["x@example.net"], 1)];
+    store.enqueue_batch(&after).await.unwrap();
+    store.delete_message("B8").await.unwrap();
 
     // Batched messages are delivery jobs like any other.
     let jobs = store.claim_due(i64::MAX, 100).await.unwrap();
