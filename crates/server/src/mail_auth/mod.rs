@@ -9,6 +9,7 @@
 //! private key, and protocol decisions stay in `proto::Session` (a refusal
 //! is an `EnqueueOutcome`).
 
+pub mod canon;
 pub mod check;
 pub mod inbound;
 pub mod keys;

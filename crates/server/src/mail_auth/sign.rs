@@ -11,11 +11,11 @@ use std::io::Read;
 
 use crate::spool::Readable;
 
-use mail_auth::common::crypto::{HashContext, HashImpl, HashOutput, Sha256};
+use mail_auth::common::crypto::{HashOutput, Sha256};
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::canonicalize::BodyHasher;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 
+use super::canon::RelaxedBodyHash;
 use super::keys::SigningKey;
 
 /// Signed header fields, From twice: the second instance signs the absence
@@ -94,6 +94,8 @@ pub fn fixup_headers(header_block: &[u8], queue_id: &str, hostname: &str) -> Vec
 /// (issue 9: with one streaming signer per key, the body was canonicalised
 /// and hashed once per key, two passes over a 1 MiB body, most of scenario
 /// (c)'s CPU). Each signature then signs the header block with that `bh=`.
+/// The body hash is ours ([`RelaxedBodyHash`]), not mail-auth's
+/// `BodyHasher`: same bytes, a quarter of the canonicalisation time.
 pub fn sign_message(
     message: Readable,
     prefix: &[u8],
@@ -101,7 +103,7 @@ pub fn sign_message(
     keys: Vec<SigningKey>,
 ) -> Result<Vec<u8>, SignError> {
     let mut headers = prefix.to_vec();
-    let mut body = BodyHasher::new(<Sha256 as HashImpl>::hasher(), Canonicalization::Relaxed, 0);
+    let mut body = RelaxedBodyHash::new();
     let mut in_body = false;
     let mut file = message.open()?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -129,8 +131,7 @@ pub fn sign_message(
     if !headers.ends_with(b"\r\n") {
         headers.extend_from_slice(b"\r\n");
     }
-    let (hasher, _) = body.finish();
-    let body_hash = hasher.complete();
+    let body_hash = HashOutput::Digest(body.finish());
     let mut out = Vec::new();
     for k in keys {
         let selector = k.selector.clone();
