@@ -538,6 +538,38 @@ async fn inbound_pass_forged_none_and_dns_errors() {
     ib.server.stop().await;
 }
 
+/// RFC 6376 3.4.4: a body that ends in lines of only whitespace, signed
+/// with relaxed canonicalisation by a signer that follows the RFC (ours),
+/// passes. mail-auth 0.13 alone calls it a body hash failure (its issue
+/// #62), and with SPF not aligned DMARC p=reject would refuse the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_signature_over_blank_trailing_lines_passes() {
+    let ib = inbound(true).await;
+    // `msg` ends the body with CRLF: "genuine", a line of two spaces, a tab.
+    let signed = signed_message(
+        "pass.test",
+        &ib.key,
+        &msg("x@pass.test", "genuine\r\n  \r\n\t"),
+    );
+    // The envelope is fail.test's: SPF fails and is not aligned, so DMARC
+    // rests on the DKIM signature.
+    let (reply, ar) = ib.send("x@fail.test", &signed).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_parts(
+        &ar,
+        &[
+            "spf=fail",
+            "dkim=pass header.d=pass.test",
+            "dmarc=pass header.from=pass.test",
+        ],
+    );
+    // Its content changed: still a failure, and DMARC refuses it.
+    let forged = signed.replace("genuine", "forged!");
+    let (reply, _) = ib.send("x@fail.test", &forged).await;
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    ib.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dmarc_failures_are_only_marked_when_enforcement_is_off() {
     let ib = inbound(false).await;

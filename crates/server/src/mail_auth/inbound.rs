@@ -110,6 +110,55 @@ fn best_dkim(results: &[mail_auth::DkimOutput<'_>]) -> &'static str {
         .unwrap_or("none")
 }
 
+/// A signature with relaxed body canonicalisation and no `l=` whose body
+/// hash did not match.
+fn relaxed_body_hash_failed(o: &mail_auth::DkimOutput<'_>) -> bool {
+    matches!(
+        o.result(),
+        DkimResult::Neutral(mail_auth::Error::Dkim(
+            mail_auth::dkim::DkimError::FailedBodyHashMatch
+        ))
+    ) && o
+        .signature()
+        .is_some_and(|s| s.cb == mail_auth::dkim::Canonicalization::Relaxed && s.l == 0)
+}
+
+/// `raw` with the lines of only whitespace and the empty lines at the end
+/// of its body removed (the body then ends with its last line of content
+/// and CRLF), when it has such a line with whitespace; else `None`.
+///
+/// RFC 6376 §3.4.4: in the relaxed body, whitespace at the end of a line
+/// goes and so do empty lines at the end, so a last line of only
+/// whitespace is dropped. mail-auth 0.13 keeps it as an empty line (its
+/// issue #62, fixed in 0.15; our signer, `canon.rs`, follows the RFC), so a
+/// correct relaxed signature over such a body fails its check. Both bodies
+/// have the same relaxed canonical form by the RFC, and mail-auth gets the
+/// second one right: only relaxed signatures are checked against it.
+fn relaxed_equivalent(raw: &[u8]) -> Option<Vec<u8>> {
+    let body_start = memchr::memmem::find(raw, b"\r\n\r\n")? + 4;
+    let body = &raw[body_start..];
+    let content_end = body
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |at| at + 1);
+    let trailer = &body[content_end..];
+    // Only whitespace on a line that holds nothing else matters here:
+    // trailing whitespace on the last line of content is handled right.
+    let blank_lines = if content_end == 0 {
+        trailer
+    } else {
+        &trailer[trailer.iter().position(|b| *b == b'\n')?..]
+    };
+    if !blank_lines.iter().any(|b| matches!(b, b' ' | b'\t')) {
+        return None;
+    }
+    let mut fixed = raw[..body_start + content_end].to_vec();
+    if content_end > 0 {
+        fixed.extend_from_slice(b"\r\n");
+    }
+    Some(fixed)
+}
+
 /// Runs SPF, DKIM and DMARC on `raw` (the message as received, without
 /// our trace header).
 pub async fn verify(auth: &MessageAuthenticator, raw: &[u8], tx: &Transaction<'_>) -> Verdict {
@@ -157,6 +206,33 @@ pub async fn verify(auth: &MessageAuthenticator, raw: &[u8], tx: &Transaction<'_
         };
     };
     let dkim = auth.verify_dkim(&message).await;
+    // mail-auth 0.13's relaxed body is wrong for a body that ends in lines
+    // of only whitespace (see `relaxed_equivalent`): check the signatures
+    // that failed on their body hash again, against the same body without
+    // those lines.
+    let fixed_raw = if dkim.iter().any(relaxed_body_hash_failed) {
+        relaxed_equivalent(raw)
+    } else {
+        None
+    };
+    let fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
+    let retried = match &fixed {
+        Some(m) => auth.verify_dkim(m).await,
+        None => Vec::new(),
+    };
+    let dkim: Vec<mail_auth::DkimOutput<'_>> = dkim
+        .into_iter()
+        .map(|o| {
+            if !relaxed_body_hash_failed(&o) {
+                return o;
+            }
+            retried
+                .iter()
+                .find(|r| *r.result() == DkimResult::Pass && r.signature() == o.signature())
+                .cloned()
+                .unwrap_or(o)
+        })
+        .collect();
     let dkim_result = best_dkim(&dkim);
     if dkim.is_empty() {
         header.push_str(";\r\n\tdkim=none");
@@ -251,7 +327,29 @@ pub fn obscure_forged_results(raw: &[u8], hostname: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{obscure_forged_results, pvalue};
+    use super::{obscure_forged_results, pvalue, relaxed_equivalent};
+
+    #[test]
+    fn relaxed_equivalent_drops_only_blank_trailing_lines() {
+        let h = "Subject: x\r\n\r\n";
+        for (body, fixed) in [
+            ("a\r\n  \r\n", Some("a\r\n")),
+            ("a \r\n\t\r\n\r\n", Some("a\r\n")),
+            ("  \r\n", Some("")),
+            (" ", Some("")),
+            ("a\r\n \r\nb\r\n", None),
+            ("a  \r\n", None),
+            ("a\r\n\r\n", None),
+            ("a", None),
+            ("", None),
+        ] {
+            let raw = format!("{h}{body}");
+            let got = relaxed_equivalent(raw.as_bytes()).map(String::from_utf8);
+            let want = fixed.map(|f| Ok(format!("{h}{f}")));
+            assert_eq!(got, want, "{body:?}");
+        }
+        assert_eq!(relaxed_equivalent(b"Subject: no body \r\n"), None);
+    }
 
     #[test]
     fn only_our_results_in_the_header_block_are_renamed() {
