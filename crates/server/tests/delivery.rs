@@ -1092,6 +1092,53 @@ async fn segment_messages_are_delivered_byte_for_byte() {
     server.stop().await;
 }
 
+/// Issue 9: a big message's file starts with room for header fields; its
+/// row names the range. Delivery sends exactly the range, and finishing the
+/// message deletes its file (it is not shared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_file_messages_are_delivered_and_their_file_removed() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    let sink = Sink::start(true).await;
+    let store = fx.store_dyn();
+    let text = "From: <ext@remote.test>\r\nTo: <ok@remote.test>\r\nSubject: delivery test R1\r\n\
+                Message-ID: <R1@test>\r\n\r\nbody of R1\r\n";
+    let spool = fx.data_dir().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mut file = vec![b'#'; 1000];
+    file.extend_from_slice(text.as_bytes());
+    std::fs::write(spool.join("R1.eml"), &file).unwrap();
+    store
+        .enqueue(&NewMessage {
+            id: "R1".into(),
+            sender: "ext@remote.test".into(),
+            recipients: vec!["ok@remote.test".into()],
+            size: text.len() as u64,
+            spool_path: format!("spool/R1.eml#1000+{}", text.len()),
+            auth_user: None,
+            client_ip: "127.0.0.1".into(),
+            received_at: now_s(),
+            usage_ms: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let server = Running::start(
+        delivery_config(&fx, dns.addr(), sink.addr.port()),
+        store.clone(),
+    )
+    .await;
+    wait_for(&*store, "R1", "done", |e| e.done_at.is_some()).await;
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    assert_eq!(msgs[0].2, text, "exact bytes of R1's range");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.join("R1.eml").exists() {
+        assert!(Instant::now() < deadline, "R1.eml not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
 /// Issue 9: at start the server deletes segments no waiting message is in
 /// (a crash can leave one behind) and keeps those that hold queued mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
