@@ -3,52 +3,35 @@
 //! failure → 451 4.3.0, queue commit failure → 451 4.3.0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use common::ALICE_PASSWORD;
 use portcullis_server::Server;
-use portcullis_server::config::{Config, ListenerRole};
-use portcullis_store::{SqliteStore, Store, password};
+use portcullis_server::config::ListenerRole;
+use portcullis_store::{SqliteStore, Store};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-const PASSWORD: &str = "correct horse battery";
-
+/// The shared store fixture (alice, bob, carol; example.com local) and a
+/// bound server that the tests drive through in-memory streams.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _fx: common::Fixture,
     data_dir: std::path::PathBuf,
-    store: SqliteStore,
+    store: Arc<SqliteStore>,
     server: Server,
 }
 
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_path_buf();
-    let mut config = Config::default_config();
-    // Mail stays queued: these tests are not about delivery.
-    config.delivery.enabled = false;
-    config.data_dir = data_dir.clone();
-    config.hostname = "mx.test".into();
-    config.security.auth_min_duration = Duration::from_millis(10);
-    for role in ListenerRole::ALL {
-        config.listeners.get_mut(role).address = "127.0.0.1:0".parse().unwrap();
-    }
-    let store = SqliteStore::open(&data_dir.join("portcullis.db"))
-        .await
-        .unwrap();
-    let hash = password::hash_password(PASSWORD).unwrap();
-    store
-        .add_account("alice@example.com", &hash, "standard")
-        .await
-        .unwrap();
-    let server = Server::bind(Arc::new(config), Arc::new(store.clone()))
-        .await
-        .unwrap();
+    let fx = common::Fixture::new().await;
+    let server = fx.bound_server(Duration::from_millis(10)).await;
     Fixture {
-        _dir: dir,
-        data_dir,
-        store,
+        data_dir: fx.data_dir().to_path_buf(),
+        store: Arc::clone(&fx.store),
         server,
+        _fx: fx,
     }
 }
 
@@ -82,7 +65,7 @@ async fn dialog(f: &Fixture, lines: &[&str]) -> Vec<String> {
 }
 
 fn plain() -> String {
-    let raw = format!("\0alice@example.com\0{PASSWORD}");
+    let raw = format!("\0alice@example.com\0{ALICE_PASSWORD}");
     format!(
         "AUTH PLAIN {}",
         base64::engine::general_purpose::STANDARD.encode(raw)

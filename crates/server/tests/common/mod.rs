@@ -120,6 +120,17 @@ impl Fixture {
         Arc::clone(&self.store) as Arc<dyn Store>
     }
 
+    /// A server on this fixture's store and configuration (AUTH padded to
+    /// `auth_min`), bound but not running: tests drive sessions through
+    /// `Server::serve_stream`.
+    pub async fn bound_server(&self, auth_min: Duration) -> Server {
+        let mut config = self.config();
+        config.security.auth_min_duration = auth_min;
+        Server::bind(Arc::new(config), self.store_dyn())
+            .await
+            .expect("Server::bind")
+    }
+
     /// Spool files (`spool/*.eml`; segments in `spool/seg/` not included)
     /// and leftovers in `incoming/`.
     pub fn spool_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
