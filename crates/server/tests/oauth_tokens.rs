@@ -23,7 +23,7 @@ use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_server::config::{IssuerConfig, JwksSource, JwtAlgorithm};
 use portcullis_server::oauth::issue_token;
-use portcullis_store::{AuthEvent, AuthEventFilter, Store};
+use portcullis_store::AuthEventFilter;
 use serde_json::{Value, json};
 
 const ISSUER: &str = "https://idp.test/";
@@ -129,22 +129,6 @@ fn oauthbearer(user: &str, token: &str) -> String {
 fn xoauth2(user: &str, token: &str) -> String {
     let msg = format!("user={user}\x01auth=Bearer {token}\x01\x01");
     format!("AUTH XOAUTH2 {}", STANDARD.encode(msg))
-}
-
-async fn last_event(store: &dyn Store, user: &str, n: usize) -> AuthEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let filter = AuthEventFilter {
-            user: Some(user.to_owned()),
-            ..AuthEventFilter::default()
-        };
-        let events = store.auth_events(&filter).await.unwrap();
-        if events.len() >= n {
-            return events[0].clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 struct Setup {

@@ -18,7 +18,7 @@ use portcullis_proto::Mechanism;
 use portcullis_server::config::{Config, ListenerRole};
 use portcullis_server::secretbox::SecretBox;
 use portcullis_server::security::{apppass, saslkeys, totp};
-use portcullis_store::{AuthEvent, AuthEventFilter, Store};
+use portcullis_store::Store;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/sasl_client.py");
 
@@ -40,25 +40,6 @@ async fn python(mech: &str, addr: SocketAddr, user: &str, secret: &str) -> Strin
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-async fn last_event(store: &dyn Store, user: &str, n: usize) -> AuthEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let filter = AuthEventFilter {
-            user: Some(user.to_owned()),
-            ..AuthEventFilter::default()
-        };
-        let events = store.auth_events(&filter).await.unwrap();
-        if events.len() >= n {
-            return events[0].clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "expected {n} events for {user}: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn add_app(store: &dyn Store, account: &str, name: &str, cram: Option<&SecretBox>) -> String {

@@ -97,28 +97,6 @@ const HOME: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const THIRD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
-/// Waits (bounded) until the store holds at least `n` events for `user`;
-/// returns them oldest first.
-async fn events_for(store: &dyn Store, user: &str, n: usize) -> Vec<AuthEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let filter = AuthEventFilter {
-            user: Some(user.to_owned()),
-            ..AuthEventFilter::default()
-        };
-        let mut events = store.auth_events(&filter).await.expect("auth_events");
-        if events.len() >= n || tokio::time::Instant::now() > deadline {
-            events.reverse();
-            assert!(
-                events.len() >= n,
-                "expected {n} audit events for {user}, got {events:?}"
-            );
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn reasons(events: &[AuthEvent]) -> Vec<&str> {
     events.iter().map(|e| e.reason.as_str()).collect()
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_server::config::{Config, ListenerRole};
 use portcullis_server::{Server, ServerError, TlsReloader};
-use portcullis_store::{AccountStatus, SqliteStore, Store};
+use portcullis_store::{AccountStatus, AuthEvent, AuthEventFilter, SqliteStore, Store};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
@@ -163,6 +163,36 @@ async fn open_store(path: PathBuf) -> SqliteStore {
         .await
         .expect("open task")
         .expect("SqliteStore::open")
+}
+
+/// Waits (bounded, 5 s) until the store holds at least `n` audit events
+/// for `user` (they are written in batches); returns them oldest first.
+pub async fn events_for(store: &dyn Store, user: &str, n: usize) -> Vec<AuthEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let filter = AuthEventFilter {
+            user: Some(user.to_owned()),
+            ..AuthEventFilter::default()
+        };
+        let mut events = store.auth_events(&filter).await.expect("auth_events");
+        if events.len() >= n || tokio::time::Instant::now() > deadline {
+            events.reverse();
+            assert!(
+                events.len() >= n,
+                "expected {n} audit events for {user}, got {events:?}"
+            );
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The newest of at least `n` (at least 1) audit events for `user`.
+pub async fn last_event(store: &dyn Store, user: &str, n: usize) -> AuthEvent {
+    events_for(store, user, n.max(1))
+        .await
+        .pop()
+        .expect("at least one event")
 }
 
 /// `Config::default_config()` made fast and local: hostname mx.test, every
