@@ -117,7 +117,8 @@ impl Spool {
             size: 0,
             body_offset: 0,
             body: Body::Memory {
-                buf: Vec::with_capacity(header.len() + 4096),
+                // Allocated by the first write, once the budget grants it.
+                buf: Vec::new(),
                 lease: Lease::new(&self.budget),
             },
             failed: None,

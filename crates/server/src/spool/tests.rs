@@ -159,6 +159,23 @@ async fn message_above_the_threshold_gets_its_own_file() {
     assert_eq!(f.spool.memory_in_use(), 0);
 }
 
+/// The budget counts what is allocated, before it is: a buffer starts at
+/// 4 KiB and doubles, each size granted first.
+#[tokio::test]
+async fn budget_counts_allocated_capacity() {
+    let f = fixture(256 * 1024, 1024 * 1024).await;
+    let mut w = f.spool.begin(envelope(), origin()).await;
+    assert_eq!(f.spool.memory_in_use(), 4096, "the first allocation");
+    w.write(&[b'x'; 5000]).await;
+    assert_eq!(f.spool.memory_in_use(), 8192, "doubled for 5 KiB");
+    w.write(&[b'x'; 100_000]).await;
+    assert!(w.in_memory());
+    let used = f.spool.memory_in_use();
+    assert!((105_000..=2 * 105_000 + 4096).contains(&used), "{used}");
+    drop(w);
+    assert_eq!(f.spool.memory_in_use(), 0);
+}
+
 #[tokio::test]
 async fn exhausted_budget_spills_to_a_file() {
     let f = fixture(64 * 1024, 64 * 1024).await;

@@ -19,6 +19,10 @@ use super::Origin;
 /// Spilled data is written once this much has gathered.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
 
+/// A message buffer's first allocation (our Received header and the start
+/// of a small message fit).
+const FIRST_ALLOCATION: usize = 4096;
+
 /// A spilled message is written this far into its file. The hole before it
 /// takes the header fields added at the end of DATA (DKIM signatures,
 /// Message-ID, Authentication-Results: well under 4 KiB), so adding them is
@@ -28,9 +32,9 @@ pub(super) const FLUSH_AT: usize = 64 * 1024;
 /// Fields that do not fit fall back to the copy.
 pub(super) const HEADER_ROOM: u64 = 4096;
 
-/// Octets of message bodies held in memory by every session together.
-/// It counts lengths, not `Vec` capacities: real use may be up to twice the
-/// count while a buffer grows.
+/// Octets of message bodies held in memory by every session together: the
+/// capacity of each buffer, counted before it is allocated (a writer grows
+/// its buffer itself, doubling, and only once the budget has granted it).
 #[derive(Debug)]
 pub(crate) struct MemoryBudget {
     used: AtomicU64,
@@ -176,6 +180,31 @@ impl Readable {
     }
 }
 
+/// Makes room for `total` octets in `buf`, the new capacity granted by the
+/// budget first: doubling (from [`FIRST_ALLOCATION`]) like `Vec` would, but
+/// never past `threshold`. `false` when the budget has no room.
+fn reserve_counted(buf: &mut Vec<u8>, lease: &mut Lease, total: u64, threshold: u64) -> bool {
+    let Ok(needed) = usize::try_from(total) else {
+        return false;
+    };
+    if needed <= buf.capacity() {
+        return true;
+    }
+    let cap = buf
+        .capacity()
+        .saturating_mul(2)
+        .max(FIRST_ALLOCATION)
+        .min(usize::try_from(threshold).unwrap_or(usize::MAX))
+        .max(needed);
+    if !lease.grow_to(cap as u64) {
+        return false;
+    }
+    buf.reserve_exact(cap - buf.len());
+    // `reserve_exact` may give more than asked: count what was given.
+    lease.force_to(buf.capacity() as u64);
+    true
+}
+
 /// Runs `f` on the blocking pool; a panicked task is an I/O error.
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -208,7 +237,7 @@ impl SpoolWriter {
         let total = self.size + data.len() as u64;
         let result = match &mut self.body {
             Body::Memory { buf, lease } => {
-                if total <= self.threshold && lease.grow_to(total) {
+                if total <= self.threshold && reserve_counted(buf, lease, total, self.threshold) {
                     buf.extend_from_slice(data);
                     Ok(())
                 } else {
@@ -354,7 +383,7 @@ impl SpoolWriter {
                     buf.splice(offset..offset, headers.iter().copied());
                 }
             }
-            lease.force_to(new_size);
+            lease.force_to(buf.capacity() as u64);
             self.size = new_size;
             return Ok(());
         }
