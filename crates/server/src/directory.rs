@@ -2,7 +2,8 @@
 //! (issues 5 and 9).
 //!
 //! Every RCPT, MAIL and login asks the store about accounts, plans, local
-//! domains, aliases, credentials and DKIM keys; each answer from SQLite is a
+//! domains, aliases, credentials (SCRAM keys and sealed CRAM-MD5 secrets
+//! included) and DKIM keys; each answer from SQLite is a
 //! round trip to its worker thread (two thread switches and a wake-up). The
 //! data changes rarely — through the admin CLI, in another process — so the
 //! answers are kept here, keyed by the store's change token
@@ -21,7 +22,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use portcullis_store::{
-    Account, AccountSecurity, AppPasswordSecret, Credential, DkimKey, Result, Store,
+    Account, AccountSecurity, AppPasswordSecret, CramSecret, Credential, DkimKey, Result,
+    ScramKeysOf, Store,
 };
 
 /// Keys per map before it is emptied.
@@ -36,6 +38,8 @@ struct Maps {
     local_domains: HashMap<String, bool>,
     aliases: HashMap<String, Option<String>>,
     dkim_keys: HashMap<String, Arc<Vec<DkimKey>>>,
+    scram_keys: HashMap<String, Arc<Vec<ScramKeysOf>>>,
+    cram_secrets: HashMap<String, Arc<Vec<CramSecret>>>,
 }
 
 #[derive(Default)]
@@ -132,6 +136,26 @@ impl Directory {
             domain,
             |m| &mut m.dkim_keys,
             || async { self.store.dkim_keys(domain).await.map(Arc::new) },
+        )
+        .await
+    }
+
+    /// [`Store::scram_keys`], cached.
+    pub async fn scram_keys(&self, account: &str) -> Result<Arc<Vec<ScramKeysOf>>> {
+        self.lookup(
+            account,
+            |m| &mut m.scram_keys,
+            || async { self.store.scram_keys(account).await.map(Arc::new) },
+        )
+        .await
+    }
+
+    /// [`Store::cram_secrets`] (sealed), cached.
+    pub async fn cram_secrets(&self, account: &str) -> Result<Arc<Vec<CramSecret>>> {
+        self.lookup(
+            account,
+            |m| &mut m.cram_secrets,
+            || async { self.store.cram_secrets(account).await.map(Arc::new) },
         )
         .await
     }
@@ -249,6 +273,34 @@ mod tests {
                 .unwrap()
                 .is_some(),
             "a negative answer is not kept past a change"
+        );
+
+        // SCRAM keys: a password change (new keys) applies at once.
+        assert!(
+            directory
+                .scram_keys("ann@example.com")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let keys = portcullis_store::ScramCredential {
+            salt: vec![7; 16],
+            iterations: 4096,
+            stored_key: vec![1; 32],
+            server_key: vec![2; 32],
+        };
+        cli.set_scram_keys("ann@example.com", Some(&keys))
+            .await
+            .unwrap();
+        let got = directory.scram_keys("ann@example.com").await.unwrap();
+        assert_eq!(got.len(), 1, "new SCRAM keys are seen at once");
+        assert_eq!(got[0].keys.salt, vec![7; 16]);
+        assert!(
+            directory
+                .cram_secrets("ann@example.com")
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

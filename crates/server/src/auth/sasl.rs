@@ -71,14 +71,17 @@ impl AuthService {
             let Some(sealer) = &self.sealer else {
                 return SaslSecrets::Cram(Vec::new());
             };
-            return match self.store.cram_secrets(&user).await {
+            return match self.directory.cram_secrets(&user).await {
                 Ok(list) => SaslSecrets::Cram(
-                    list.into_iter()
+                    list.iter()
                         .filter_map(|c| {
                             let plain =
                                 sealer.open(&cram_context(&user, &c.app_password), &c.sealed)?;
                             let text = String::from_utf8(plain.to_vec()).ok()?;
-                            Some((CredentialRef::App(c.app_password), Secret::new(text)))
+                            Some((
+                                CredentialRef::App(c.app_password.clone()),
+                                Secret::new(text),
+                            ))
                         })
                         .collect(),
                 ),
@@ -88,7 +91,7 @@ impl AuthService {
                 }
             };
         }
-        let keys = match self.store.scram_keys(&user).await {
+        let keys = match self.directory.scram_keys(&user).await {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %e, "SCRAM key lookup failed");
@@ -126,11 +129,11 @@ impl AuthService {
     /// Why a challenge-response matched no credential of an existing account.
     pub(super) async fn no_match_reason(&self, mechanism: Mechanism, account: &str) -> AuthReason {
         match mechanism {
-            m if m.is_scram() => match self.store.scram_keys(account).await {
+            m if m.is_scram() => match self.directory.scram_keys(account).await {
                 Ok(k) if k.is_empty() => AuthReason::NoScramKeys,
                 _ => AuthReason::BadPassword,
             },
-            Mechanism::CramMd5 => match self.store.cram_secrets(account).await {
+            Mechanism::CramMd5 => match self.directory.cram_secrets(account).await {
                 Ok(c) if c.is_empty() || self.sealer.is_none() => AuthReason::NoCramSecret,
                 _ => AuthReason::BadPassword,
             },
