@@ -130,7 +130,7 @@ fn relaxed_body_hash_failed(o: &mail_auth::DkimOutput<'_>) -> bool {
 /// RFC 6376 §3.4.4: in the relaxed body, whitespace at the end of a line
 /// goes and so do empty lines at the end, so a last line of only
 /// whitespace is dropped. mail-auth 0.13 keeps it as an empty line (its
-/// issue #62, fixed in 0.15; our signer, `canon.rs`, follows the RFC), so a
+/// issue #62, fixed in 0.15; our signer, `canon`, follows the RFC), so a
 /// correct relaxed signature over such a body fails its check. Both bodies
 /// have the same relaxed canonical form by the RFC, and mail-auth gets the
 /// second one right: only relaxed signatures are checked against it.
