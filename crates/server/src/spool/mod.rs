@@ -115,7 +115,7 @@ impl Spool {
             envelope,
             origin,
             size: 0,
-            body_offset: 0,
+            body_offset: header.len() as u64,
             body: Body::Memory {
                 // Allocated by the first write, once the budget grants it.
                 buf: Vec::new(),
@@ -123,10 +123,9 @@ impl Spool {
             },
             failed: None,
             threshold: self.threshold,
-            received: header.as_bytes().to_vec(),
+            received: Vec::new(),
         };
         writer.write(header.as_bytes()).await;
-        writer.body_offset = writer.size;
         writer
     }
 

@@ -137,8 +137,9 @@ pub struct SpoolWriter {
     pub(super) spill_path: PathBuf,
     /// Largest message kept in memory.
     pub(super) threshold: u64,
-    /// Our Received header (the first `body_offset` octets), rewritten in
-    /// front of the fields inserted into a spilled message.
+    /// Our Received header (the first `body_offset` octets), kept when the
+    /// message spills (empty before): it is rewritten in front of the
+    /// fields inserted into the file's header room.
     pub(super) received: Vec<u8>,
 }
 
@@ -267,6 +268,9 @@ impl SpoolWriter {
     pub(super) async fn spill(&mut self, data: Vec<u8>) -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
         let path = self.spill_path.clone();
+        // `data` is the whole message so far: it starts with our header.
+        let header_len = usize::try_from(self.body_offset).unwrap_or(usize::MAX);
+        self.received = data.get(..header_len).unwrap_or_default().to_vec();
         self.body = Body::File {
             path: path.clone(),
             file: None,
