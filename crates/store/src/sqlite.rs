@@ -199,7 +199,7 @@ pub(crate) async fn insert_message(
     conn: &mut SqliteConnection,
     message: &NewMessage,
 ) -> Result<()> {
-    insert_messages(conn, std::slice::from_ref(message)).await
+    insert_messages(conn, std::slice::from_ref(message), false).await
 }
 
 /// Rows per multi-row INSERT: well under SQLite's bound-parameter limit.
@@ -207,22 +207,16 @@ const ROWS_PER_INSERT: usize = 100;
 
 /// [`insert_message`] for many messages at once: one multi-row INSERT per
 /// table (per chunk of rows), not one round trip per message and row, so a
-/// group-commit batch costs a few statements (issue 9). Errors leave the
-/// transaction to be rolled back by the caller; a duplicate id is
+/// group-commit batch costs a few statements (issue 9). A duplicate id is
 /// `AlreadyExists(id)`.
-pub(crate) async fn insert_messages(
-    conn: &mut SqliteConnection,
-    messages: &[NewMessage],
-) -> Result<()> {
-    run_inserts(conn, messages, false).await
-}
-
-/// [`insert_messages`]; with `own_transaction` the query string is also
-/// wrapped in `BEGIN IMMEDIATE` ... `COMMIT`, so a whole group commit is one
-/// round trip to SQLite's worker thread instead of three (issue 9). On an
-/// error the statements after the failing one did not run; what did is
-/// rolled back here before the error is returned.
-async fn run_inserts(
+///
+/// Without `own_transaction` it runs on the caller's open transaction, which
+/// the caller rolls back on an error. With it, the query string is wrapped
+/// in `BEGIN IMMEDIATE` ... `COMMIT`, so a whole group commit is one round
+/// trip to SQLite's worker thread instead of three; on an error the
+/// statements after the failing one did not run, and what did is rolled
+/// back here before the error is returned.
+async fn insert_messages(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
     own_transaction: bool,
@@ -1019,7 +1013,7 @@ impl Store for SqliteStore {
         // BEGIN, the INSERTs and COMMIT in one round trip; one WAL fsync
         // (synchronous=FULL) for the whole batch. Any error (a duplicate
         // id, also inside the batch, is AlreadyExists) is rolled back.
-        let result = run_inserts(&mut conn, &messages, true).await;
+        let result = insert_messages(&mut conn, &messages, true).await;
         if result.is_err() {
             // sqlx does not track a transaction begun by SQL text: rather
             // than risk handing out a connection with one still open (a
