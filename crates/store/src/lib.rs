@@ -102,6 +102,16 @@ pub struct NewMessage {
     pub usage_ms: Vec<i64>,
 }
 
+/// A position in the spool's journal (issue 9): the end of a record in the
+/// segment file with id `segment`. Orders as the journal is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JournalMark {
+    /// The segment's id (its file name in hex).
+    pub segment: u64,
+    /// Octets from the start of that segment.
+    pub position: u64,
+}
+
 /// A queued message as listed to admins.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedMessage {
@@ -866,6 +876,37 @@ pub trait Store: Send + Sync + 'static {
     /// two messages of the batch share an id). An empty batch is `Ok` and
     /// writes nothing.
     async fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<()>;
+
+    /// [`Store::enqueue_batch`] for messages whose rows the caller has
+    /// already made durable in its journal (the spool's segment records),
+    /// ending at `mark`. `mark` is recorded in the same transaction as the
+    /// rows, so the database always says exactly how much of the journal it
+    /// holds. With `sync` false the commit need not be durable by itself (no
+    /// fsync): it becomes durable with the next synced commit of any
+    /// connection or process, and a crash before that loses only rows the
+    /// journal can replay ([`Store::replay_journal`]). With `sync` true it
+    /// is as durable as `enqueue_batch` (for batches holding messages that
+    /// have no journal record). Same errors as `enqueue_batch`; on an error
+    /// neither the rows nor the mark are recorded.
+    async fn enqueue_journaled(
+        &self,
+        messages: &[NewMessage],
+        mark: JournalMark,
+        sync: bool,
+    ) -> Result<()>;
+
+    /// The last mark recorded by [`Store::enqueue_journaled`] or
+    /// [`Store::replay_journal`] that is in the database; `None` if none
+    /// ever was.
+    async fn journal_mark(&self) -> Result<Option<JournalMark>>;
+
+    /// Start-up recovery: in one durable (synced) transaction, records each
+    /// of `messages` whose id is not in the queue (with its recipients and
+    /// usage rows, as [`Store::enqueue`]) and sets the mark to `mark`.
+    /// Messages already there, whatever their state, are left alone. Returns
+    /// how many were recorded. With no messages it only sets the mark,
+    /// durably. `Invalid` for a message that `enqueue` would refuse.
+    async fn replay_journal(&self, messages: &[NewMessage], mark: JournalMark) -> Result<usize>;
 
     /// The distinct files that hold the bodies of messages that are not
     /// done (`done_at` unset), so the spool can delete every other one: each

@@ -35,7 +35,7 @@ use crate::validate::{
 };
 use crate::{
     Account, AccountSecurity, AccountStatus, AppPassword, AppPasswordSecret, AuthEvent,
-    AuthEventFilter, Ban, CramSecret, Credential, NewMessage, QueuedMessage, Result,
+    AuthEventFilter, Ban, CramSecret, Credential, JournalMark, NewMessage, QueuedMessage, Result,
     ScramCredential, ScramKeysOf, Store, StoreError,
 };
 
@@ -156,6 +156,30 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
+    /// [`insert_messages`] in its own transaction on the writer connection.
+    async fn insert_on_writer(&self, messages: &[NewMessage], how: InsertTx) -> Result<()> {
+        if messages.is_empty() && !matches!(how, InsertTx::Own { mark: Some(_), .. }) {
+            return Ok(());
+        }
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(|e| unavailable("enqueue_batch", e))?;
+        // BEGIN, the INSERTs and COMMIT in one round trip; at most one WAL
+        // fsync for the whole batch. Any error (a duplicate id, also inside
+        // the batch, is AlreadyExists) is rolled back.
+        let result = insert_messages(&mut conn, messages, how).await;
+        if result.is_err() {
+            // sqlx does not track a transaction begun by SQL text: rather
+            // than risk handing out a connection with one still open (a
+            // failed ROLLBACK), or one left at synchronous=NORMAL, drop it;
+            // the pool opens a fresh one.
+            conn.close_on_drop();
+        }
+        result
+    }
+
     /// A write transaction on the writer connection. Never nest: a second
     /// `begin_write` while one is open would wait for the first.
     async fn begin_write(&self, what: &str) -> Result<Transaction<'static, Sqlite>> {
@@ -199,8 +223,40 @@ pub(crate) async fn insert_message(
     conn: &mut SqliteConnection,
     message: &NewMessage,
 ) -> Result<()> {
-    insert_messages(conn, std::slice::from_ref(message), false).await
+    insert_messages(conn, std::slice::from_ref(message), InsertTx::Caller).await
 }
+
+/// How [`insert_messages`] runs.
+#[derive(Clone, Copy, Debug)]
+enum InsertTx {
+    /// On the caller's open transaction, which the caller rolls back on an
+    /// error.
+    Caller,
+    /// In its own transaction, begun and committed in the same query
+    /// string. `sync` false commits with `synchronous=NORMAL` (no fsync;
+    /// only for rows a journal holds), and `mark`, if any, is recorded in
+    /// the same transaction.
+    Own {
+        sync: bool,
+        mark: Option<JournalMark>,
+    },
+}
+
+/// A mark as the two INTEGER columns of `journal_mark`.
+fn mark_columns(mark: JournalMark) -> Result<(i64, i64)> {
+    match (i64::try_from(mark.segment), i64::try_from(mark.position)) {
+        (Ok(segment), Ok(position)) => Ok((segment, position)),
+        _ => Err(StoreError::Invalid(format!(
+            "journal mark {}+{} is out of range",
+            mark.segment, mark.position
+        ))),
+    }
+}
+
+/// The statement that records the journal mark (one row, id 1), for
+/// `sqlx::query` with the two columns bound.
+const SET_MARK: &str = "INSERT INTO journal_mark (id, segment_id, position) VALUES (1, ?, ?) \
+     ON CONFLICT (id) DO UPDATE SET segment_id = excluded.segment_id, position = excluded.position";
 
 /// Rows per multi-row INSERT: well under SQLite's bound-parameter limit.
 const ROWS_PER_INSERT: usize = 100;
@@ -210,17 +266,22 @@ const ROWS_PER_INSERT: usize = 100;
 /// group-commit batch costs a few statements (issue 9). A duplicate id is
 /// `AlreadyExists(id)`.
 ///
-/// Without `own_transaction` it runs on the caller's open transaction, which
-/// the caller rolls back on an error. With it, the query string is wrapped
-/// in `BEGIN IMMEDIATE` ... `COMMIT`, so a whole group commit is one round
+/// With [`InsertTx::Caller`] it runs on the caller's open transaction, which
+/// the caller rolls back on an error. With [`InsertTx::Own`], the query
+/// string is wrapped in `BEGIN IMMEDIATE` ... `COMMIT` (and records the
+/// journal mark, if any), so a whole group commit is one round
 /// trip to SQLite's worker thread instead of three; on an error the
 /// statements after the failing one did not run, and what did is rolled
 /// back here before the error is returned.
 async fn insert_messages(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
-    own_transaction: bool,
+    how: InsertTx,
 ) -> Result<()> {
+    let (own_transaction, sync, mark) = match how {
+        InsertTx::Caller => (false, true, None),
+        InsertTx::Own { sync, mark } => (true, sync, mark.map(mark_columns).transpose()?),
+    };
     let mut sizes = Vec::with_capacity(messages.len());
     let mut seen = std::collections::HashSet::with_capacity(messages.len());
     for m in messages {
@@ -238,10 +299,12 @@ async fn insert_messages(
     // the `?` arguments across them in order (issue 9: each execute was a
     // futex hand-off there and back; issue 5: the usage rows no longer cost a
     // round trip of their own).
-    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(if own_transaction {
-        "BEGIN IMMEDIATE; "
-    } else {
-        ""
+    // synchronous is per connection and cannot change inside a
+    // transaction: NORMAL for this commit only, FULL again right after.
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(match (own_transaction, sync) {
+        (false, _) => "",
+        (true, true) => "BEGIN IMMEDIATE; ",
+        (true, false) => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; ",
     });
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         q.push(
@@ -302,8 +365,19 @@ async fn insert_messages(
         });
         q.push("; ");
     }
+    if let Some((segment, position)) = mark {
+        q.push("INSERT INTO journal_mark (id, segment_id, position) VALUES (1, ");
+        q.push_bind(segment);
+        q.push(", ");
+        q.push_bind(position);
+        q.push(") ON CONFLICT (id) DO UPDATE SET segment_id = excluded.segment_id, position = excluded.position; ");
+    }
     if own_transaction {
-        q.push("COMMIT;");
+        q.push(if sync {
+            "COMMIT;"
+        } else {
+            "COMMIT; PRAGMA synchronous = FULL;"
+        });
     }
     if let Err(e) = q.build().execute(&mut *conn).await {
         if own_transaction {
@@ -1005,25 +1079,135 @@ impl Store for SqliteStore {
             .iter()
             .map(normalize_new_message)
             .collect::<Result<Vec<_>>>()?;
-        let mut conn = self
-            .writer
-            .acquire()
-            .await
-            .map_err(|e| unavailable("enqueue_batch", e))?;
-        // BEGIN, the INSERTs and COMMIT in one round trip; one WAL fsync
-        // (synchronous=FULL) for the whole batch. Any error (a duplicate
-        // id, also inside the batch, is AlreadyExists) is rolled back.
-        let result = insert_messages(&mut conn, &messages, true).await;
-        if result.is_err() {
-            // sqlx does not track a transaction begun by SQL text: rather
-            // than risk handing out a connection with one still open (a
-            // failed ROLLBACK), drop it; the pool opens a fresh one.
-            conn.close_on_drop();
+        let how = InsertTx::Own {
+            sync: true,
+            mark: None,
+        };
+        self.insert_on_writer(&messages, how).await
+    }
+
+    async fn enqueue_journaled(
+        &self,
+        messages: &[NewMessage],
+        mark: JournalMark,
+        sync: bool,
+    ) -> Result<()> {
+        let messages = messages
+            .iter()
+            .map(normalize_new_message)
+            .collect::<Result<Vec<_>>>()?;
+        let how = InsertTx::Own {
+            sync,
+            mark: Some(mark),
+        };
+        self.insert_on_writer(&messages, how).await
+    }
+
+    async fn journal_mark(&self) -> Result<Option<JournalMark>> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT segment_id, position FROM journal_mark WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| unavailable("journal_mark", e))?;
+        row.map(|(segment, position)| {
+            match (u64::try_from(segment), u64::try_from(position)) {
+                (Ok(segment), Ok(position)) => Ok(JournalMark { segment, position }),
+                _ => Err(StoreError::Unavailable(
+                    "journal_mark holds a negative position".into(),
+                )),
+            }
+        })
+        .transpose()
+    }
+
+    async fn replay_journal(&self, messages: &[NewMessage], mark: JournalMark) -> Result<usize> {
+        let messages = messages
+            .iter()
+            .map(normalize_new_message)
+            .collect::<Result<Vec<_>>>()?;
+        let (segment, position) = mark_columns(mark)?;
+        let mut tx = self.begin_write("replay_journal").await?;
+        let mut recorded = 0;
+        for m in &messages {
+            let present: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_messages WHERE id = ?)")
+                    .bind(&m.id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| unavailable("replay_journal", e))?;
+            if !present {
+                insert_message(&mut tx, m).await?;
+                recorded += 1;
+            }
         }
-        result
+        sqlx::query(SET_MARK)
+            .bind(segment)
+            .bind(position)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unavailable("replay_journal: mark", e))?;
+        // synchronous=FULL: durable before COMMIT returns.
+        tx.commit()
+            .await
+            .map_err(|e| unavailable("replay_journal: commit", e))?;
+        Ok(recorded)
     }
 
     async fn live_spool_files(&self) -> Result<Vec<String>> {
         self.live_spool_files_impl().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn writer_synchronous(store: &SqliteStore) -> i64 {
+        let mut conn = store.writer.acquire().await.unwrap();
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    }
+
+    fn message(id: &str) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            sender: String::new(),
+            recipients: vec!["x@example.net".into()],
+            size: 1,
+            spool_path: format!("spool/{id}.eml"),
+            auth_user: None,
+            client_ip: "192.0.2.1".into(),
+            received_at: 1,
+            usage_ms: Vec::new(),
+        }
+    }
+
+    /// An unsynced journaled commit switches the writer to NORMAL for that
+    /// commit only: the writes after it, also after a failed one, are FULL
+    /// (2) again.
+    #[tokio::test]
+    async fn unsynced_commit_leaves_the_writer_at_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        assert_eq!(writer_synchronous(&store).await, 2);
+        let mark = JournalMark {
+            segment: 1,
+            position: 5,
+        };
+        store
+            .enqueue_journaled(&[message("A")], mark, false)
+            .await
+            .unwrap();
+        assert_eq!(writer_synchronous(&store).await, 2);
+        assert!(
+            store
+                .enqueue_journaled(&[message("A")], mark, false)
+                .await
+                .is_err()
+        );
+        assert_eq!(writer_synchronous(&store).await, 2);
     }
 }

@@ -83,6 +83,36 @@ async fn sqlite_enqueue_batch() {
 }
 
 #[tokio::test]
+async fn sqlite_journal() {
+    let (_dir, store) = fresh().await;
+    suite_journal(store).await;
+}
+
+/// An unsynced journaled commit is visible to a second handle, and durable
+/// with that handle's synced write.
+#[tokio::test]
+async fn sqlite_journaled_commit_seen_by_another_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    let mark = portcullis_store::JournalMark {
+        segment: 1,
+        position: 10,
+    };
+    a.enqueue_journaled(&[message("H1", "", &["x@example.net"], 1)], mark, false)
+        .await
+        .unwrap();
+    assert_eq!(b.journal_mark().await.unwrap(), Some(mark));
+    assert_eq!(b.list_queue().await.unwrap().len(), 1);
+    b.delete_message("H1").await.unwrap();
+    drop((a, b));
+    let c = open(&path).await;
+    assert!(c.list_queue().await.unwrap().is_empty());
+    assert_eq!(c.journal_mark().await.unwrap(), Some(mark));
+}
+
+#[tokio::test]
 async fn sqlite_account_plan() {
     let (_dir, store) = fresh().await;
     suite_account_plan(store).await;
@@ -332,6 +362,7 @@ async fn sqlite_open_creates_parents_and_sets_pragmas() {
             "delivery_events",
             "dkim_keys",
             "domains",
+            "journal_mark",
             "queue_messages",
             "queue_recipients",
             "usage_events"

@@ -207,6 +207,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (domain, selector)
     );
     "#,
+    // 8 (issue 9): how far the spool's journal (the segment records, each
+    // carrying its message's queue row) is applied to this database. Written
+    // in the same transaction as the rows it covers; one row at most.
+    r#"
+    CREATE TABLE IF NOT EXISTS journal_mark (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        segment_id  INTEGER NOT NULL,
+        position    INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build creates and understands.

@@ -3536,3 +3536,91 @@ pub async fn suite_live_spool_files(store: Arc<dyn Store>) {
         .unwrap();
     assert!(sorted(&store).await.is_empty());
 }
+
+/// The journal mark (issue 9): recorded with its rows, never without them,
+/// and replay records only what is missing.
+pub async fn suite_journal(store: Arc<dyn Store>) {
+    use portcullis_store::JournalMark;
+    let mark = |segment, position| JournalMark { segment, position };
+    assert_eq!(store.journal_mark().await.unwrap(), None);
+
+    // Unsynced and synced journaled batches record rows and mark together.
+    let first = vec![
+        message_with_usage("J1", "alice@example.com", &["x@example.net"], &[10]),
+        message("J2", "", &["y@example.org"], 1_700_000_001),
+    ];
+    store
+        .enqueue_journaled(&first, mark(7, 100), false)
+        .await
+        .unwrap();
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(7, 100)));
+    let second = vec![message("J3", "a@example.com", &["z@example.net"], 2)];
+    store
+        .enqueue_journaled(&second, mark(7, 200), true)
+        .await
+        .unwrap();
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(7, 200)));
+    let queue = store.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 3);
+    assert_eq!(all_usage(&store).await, pairs(&[("alice@example.com", 10)]));
+
+    // A failed batch records neither its rows nor its mark, and the next
+    // one (synced or not) still commits.
+    let dup = vec![
+        message("J4", "a@example.com", &["x@example.net"], 1),
+        message("J1", "a@example.com", &["x@example.net"], 1),
+    ];
+    assert_exists(store.enqueue_journaled(&dup, mark(7, 300), false).await, "J1");
+    let bad = vec![message("J5", "a@example.com", &["not-an-address"], 1)];
+    assert_invalid(
+        store.enqueue_journaled(&bad, mark(7, 400), false).await,
+        "bad recipient",
+    );
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(7, 200)));
+    assert_eq!(store.list_queue().await.unwrap(), queue);
+    store
+        .enqueue_journaled(&[], mark(8, 0), false)
+        .await
+        .unwrap();
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(8, 0)));
+    store
+        .enqueue_batch(&[message("J6", "a@example.com", &["x@example.net"], 3)])
+        .await
+        .unwrap();
+
+    // Replay: J1 is queued and J3 is done and pruned-like (deleted); only
+    // the missing J7 is recorded, with its recipients and usage, and J1 is
+    // left exactly as it was.
+    store.delete_message("J3").await.unwrap();
+    let replayed = vec![
+        message_with_usage("J1", "mallory@example.com", &["evil@example.net"], &[99]),
+        message_with_usage("J7", "bob@example.com", &["w@example.net", "v@example.net"], &[20, 20]),
+    ];
+    let n = store.replay_journal(&replayed, mark(9, 50)).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(9, 50)));
+    let after = store.list_queue().await.unwrap();
+    let j1 = after.iter().find(|m| m.id == "J1").unwrap();
+    assert_eq!(j1.recipients, ["x@example.net"]);
+    let j7 = after.iter().find(|m| m.id == "J7").unwrap();
+    assert_eq!(j7.recipients, ["w@example.net", "v@example.net"]);
+    assert_eq!(
+        all_usage(&store).await,
+        pairs(&[
+            ("alice@example.com", 10),
+            ("bob@example.com", 20),
+            ("bob@example.com", 20)
+        ])
+    );
+    // Replaying again records nothing; an empty replay only moves the mark.
+    assert_eq!(store.replay_journal(&replayed, mark(9, 50)).await.unwrap(), 0);
+    assert_eq!(store.replay_journal(&[], mark(10, 0)).await.unwrap(), 0);
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(10, 0)));
+    assert_invalid(store.replay_journal(&bad, mark(11, 0)).await, "bad replay");
+    assert_eq!(store.journal_mark().await.unwrap(), Some(mark(10, 0)));
+    // A mark beyond SQLite's INTEGER is refused, not wrapped.
+    assert_invalid(
+        store.enqueue_journaled(&[], mark(u64::MAX, 0), false).await,
+        "mark out of range",
+    );
+}
