@@ -8,24 +8,31 @@
 //! into `spool/` itself, work that is per message anyway and runs in
 //! parallel). The committer task takes every request that is waiting (up to
 //! [`MAX_BATCH`]) and, in this order:
-//! 1. appends the batch's in-memory bodies to the active segment with one
-//!    write and one fdatasync (and an fsync of `spool/seg/` when the
-//!    segment is new), and sets each row's `spool_path` to its range;
+//! 1. appends the batch's in-memory messages to the active segment as
+//!    journal records (each body with its queue row, see
+//!    [`crate::spool::journal`]) with one write and one fdatasync (and an
+//!    fsync of `spool/seg/` when the segment is new), and sets each row's
+//!    `spool_path` to its body's range;
 //! 2. fsyncs `spool/` once, if the batch has file messages;
-//! 3. records every row whose body is durable with one
-//!    [`Store::enqueue_batch`] (one transaction, one WAL sync);
+//! 3. records every row whose body is durable with one transaction that
+//!    also records the journal mark. When every row of the batch is in the
+//!    journal, that commit is not synced: the segment's fdatasync already
+//!    made the rows durable, and start-up replays any the database lost.
+//!    A batch with file messages is synced (their rows are in no journal);
+//! 4. voids, durably, the journal records of rows that failed to commit.
 //!
 //! and only then answers each session. While one batch commits, the next
 //! one gathers, so there is no timer and a lone session pays no added
 //! latency.
 //!
-//! The guarantee is unchanged: a session is told `Ok` (and answers 250) only
-//! after its body, its directory entry and its queue row are all durable. A
-//! failed segment write or sync fails every segment message of the batch, a
-//! failed directory fsync every file message, a failed transaction every
-//! message. A batch refused for one message's content (`Invalid`,
-//! `AlreadyExists`) is retried one message at a time, so one bad message
-//! cannot fail others'.
+//! The guarantee: a session is told `Ok` (and answers 250) only after its
+//! body, its directory entry and its queue row are durable (the row in the
+//! queue, or in the journal for start-up to replay). A failed segment write
+//! or sync fails every segment message of the batch, a failed directory
+//! fsync every file message, a failed transaction every message. A batch
+//! refused for one message's content (`Invalid`, `AlreadyExists`) is
+//! retried one message at a time, so one bad message cannot fail others'.
+//! A message told it failed is never replayed.
 //!
 //! This module must not decide replies: `spool` maps a [`CommitError`] to
 //! the SMTP outcome.
@@ -33,9 +40,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use portcullis_store::{NewMessage, Store, StoreError};
+use portcullis_store::{JournalMark, NewMessage, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::spool::journal;
 use crate::spool::segment::SegmentLog;
 
 /// Most messages in one transaction; more waiting ones go into the next.
@@ -158,23 +166,35 @@ async fn commit_batch(
 ) -> Vec<Result<(), CommitError>> {
     let n = messages.len();
     let mut results: Vec<Option<Result<(), CommitError>>> = (0..n).map(|_| None).collect();
+    let has_files = payloads.iter().any(|p| matches!(p, Payload::File));
+    let is_file: Vec<bool> = payloads
+        .iter()
+        .map(|p| matches!(p, Payload::File))
+        .collect();
+    // Each segment message's journal record: (start, end) once appended.
+    let mut places: Vec<Option<(u64, u64)>> = vec![None; n];
     let mut in_segment = Vec::new();
-    let mut is_segment = vec![false; n];
-    let mut bodies = Vec::new();
+    let mut records = Vec::new();
     for (i, payload) in payloads.into_iter().enumerate() {
         if let Payload::Segment(body) = payload {
-            in_segment.push(i);
-            is_segment[i] = true;
-            bodies.push(body);
+            match journal::record_head(&messages[i], &body) {
+                Ok(head) => {
+                    in_segment.push(i);
+                    records.push((head, body));
+                }
+                Err(e) => results[i] = Some(Err(CommitError::Segment(e))),
+            }
         }
     }
-    let has_files = in_segment.len() < n;
-    // 1. Segment bodies: one write, one fdatasync.
-    if !bodies.is_empty() {
-        match segments.append(bodies).await {
-            Ok(refs) => {
-                for (i, r) in in_segment.iter().zip(refs) {
-                    messages[*i].spool_path = r.to_string();
+    // 1. Segment records: one write, one fdatasync.
+    let mut segment = None;
+    if !records.is_empty() {
+        match segments.append(records).await {
+            Ok((id, appended)) => {
+                segment = Some(id);
+                for (i, a) in in_segment.iter().zip(appended) {
+                    messages[*i].spool_path = a.body.to_string();
+                    places[*i] = Some((a.start, a.end));
                 }
             }
             Err(e) => {
@@ -182,6 +202,7 @@ async fn commit_batch(
                 for i in &in_segment {
                     results[*i] = Some(Err(CommitError::Segment(copy_io_error(&e))));
                 }
+                skip_abandoned(store, segments.next_id()).await;
             }
         }
     }
@@ -193,9 +214,10 @@ async fn commit_batch(
             .map_err(std::io::Error::other)
             .and_then(|r| r);
         if let Err(e) = synced {
-            tracing::error!(error = %e, messages = n - in_segment.len(), "spool directory fsync failed");
+            let files = is_file.iter().filter(|f| **f).count();
+            tracing::error!(error = %e, messages = files, "spool directory fsync failed");
             for (i, r) in results.iter_mut().enumerate() {
-                if !is_segment[i] {
+                if is_file[i] {
                     *r = Some(Err(CommitError::Directory(copy_io_error(&e))));
                 }
             }
@@ -203,12 +225,26 @@ async fn commit_batch(
     }
     // 3. The rows of every message whose body is durable.
     let ready: Vec<usize> = (0..n).filter(|i| results[*i].is_none()).collect();
+    let ready_places: Vec<Option<(u64, u64)>> = ready.iter().map(|i| places[*i]).collect();
     let committed = if ready.len() == n {
-        enqueue(store, messages).await
+        enqueue(store, messages, &ready_places, segment).await
     } else {
         let subset: Vec<NewMessage> = ready.iter().map(|i| messages[*i].clone()).collect();
-        enqueue(store, &subset).await
+        enqueue(store, &subset, &ready_places, segment).await
     };
+    // 4. Records whose rows were not committed must never be replayed.
+    let failed: Vec<u64> = ready
+        .iter()
+        .zip(&committed)
+        .filter(|(_, r)| r.is_err())
+        .filter_map(|(i, _)| places[*i].map(|(start, _)| start))
+        .collect();
+    if !failed.is_empty()
+        && let Err(e) = segments.void(failed).await
+    {
+        tracing::error!(error = %e, "cannot void the journal records of failed commits");
+        skip_abandoned(store, segments.next_id()).await;
+    }
     for (i, result) in ready.iter().zip(committed) {
         results[*i] = Some(result);
     }
@@ -218,22 +254,67 @@ async fn commit_batch(
         .collect()
 }
 
-/// Commits `rows` in one transaction; one result per row.
-async fn enqueue(store: &Arc<dyn Store>, rows: &[NewMessage]) -> Vec<Result<(), CommitError>> {
+/// After a segment was abandoned with records whose rows are not in the
+/// queue (their sessions are told the commit failed): moves the journal
+/// mark past every segment so far, durably, so that start-up never replays
+/// them. Every earlier record's row is committed (the committer is serial),
+/// and this synced commit makes those rows durable too. If the store fails
+/// as well, a crash before the next batch could replay them: logged.
+async fn skip_abandoned(store: &Arc<dyn Store>, next_segment: u64) {
+    let mark = JournalMark {
+        segment: next_segment,
+        position: 0,
+    };
+    if let Err(e) = store.replay_journal(&[], mark).await {
+        tracing::error!(
+            error = %e,
+            "cannot move the journal mark past an abandoned segment: a crash before the next commit may queue its failed messages"
+        );
+    }
+}
+
+/// Commits `rows` in one transaction; one result per row. `places` are the
+/// rows' journal records in `segment` (`None` for a message with its own
+/// file): the commit records the mark at the last record and is synced
+/// only if some row has no record.
+async fn enqueue(
+    store: &Arc<dyn Store>,
+    rows: &[NewMessage],
+    places: &[Option<(u64, u64)>],
+    segment: Option<u64>,
+) -> Vec<Result<(), CommitError>> {
     let n = rows.len();
     if n == 0 {
         return Vec::new();
     }
-    match store.enqueue_batch(rows).await {
+    let mark_at = |end: u64| {
+        segment.map(|segment| JournalMark {
+            segment,
+            position: end,
+        })
+    };
+    let last = places.iter().flatten().map(|(_, end)| *end).max();
+    let all_journaled = places.iter().all(Option::is_some);
+    let whole = match last.and_then(mark_at) {
+        Some(mark) => store.enqueue_journaled(rows, mark, !all_journaled).await,
+        None => store.enqueue_batch(rows).await,
+    };
+    match whole {
         Ok(()) => {
             tracing::debug!(messages = n, "batch committed");
             (0..n).map(|_| Ok(())).collect()
         }
-        // Caused by one message's content: find it, commit the others.
+        // Caused by one message's content: find it, commit the others (in
+        // order, so the mark only moves forward).
         Err(StoreError::Invalid(_) | StoreError::AlreadyExists(_)) if n > 1 => {
             let mut results = Vec::with_capacity(n);
-            for m in rows {
-                results.push(store.enqueue(m).await.map_err(CommitError::Store));
+            for (m, place) in rows.iter().zip(places) {
+                let one = std::slice::from_ref(m);
+                let result = match place.and_then(|(_, end)| mark_at(end)) {
+                    Some(mark) => store.enqueue_journaled(one, mark, false).await,
+                    None => store.enqueue(m).await,
+                };
+                results.push(result.map_err(CommitError::Store));
             }
             results
         }

@@ -53,6 +53,12 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Issue 9: the spool's journal could not be read or replayed.
+    #[error("cannot recover the spool journal under {path}: {source}")]
+    Recover {
+        path: PathBuf,
+        source: crate::spool::segment::RecoverError,
+    },
     #[error("cannot load sending usage from the store: {0}")]
     Usage(portcullis_store::StoreError),
     #[error("delivery: {0}")]
@@ -110,8 +116,17 @@ impl Server {
             &config.data_dir,
             &config.hostname,
         )?;
-        let spool =
+        let mut spool =
             Spool::open(&config.data_dir, &config.spool).map_err(|source| ServerError::Spool {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        // Before anything reads the queue or the usage counts: re-record
+        // the rows a crash lost (issue 9, `spool::journal`).
+        spool
+            .recover(&*store)
+            .await
+            .map_err(|source| ServerError::Recover {
                 path: config.data_dir.clone(),
                 source,
             })?;

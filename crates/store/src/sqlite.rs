@@ -1109,14 +1109,14 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| unavailable("journal_mark", e))?;
-        row.map(|(segment, position)| {
-            match (u64::try_from(segment), u64::try_from(position)) {
+        row.map(
+            |(segment, position)| match (u64::try_from(segment), u64::try_from(position)) {
                 (Ok(segment), Ok(position)) => Ok(JournalMark { segment, position }),
                 _ => Err(StoreError::Unavailable(
                     "journal_mark holds a negative position".into(),
                 )),
-            }
-        })
+            },
+        )
         .transpose()
     }
 

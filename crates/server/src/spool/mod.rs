@@ -1,17 +1,20 @@
 //! Durable acceptance: message bodies go to the spool, then into the queue.
 //!
 //! Two ways in (issue 9), with the same guarantee: a session answers 250
-//! only after the message's bytes are on disk and its queue row is
-//! committed. A crash before the commit leaves at most unreferenced bytes,
-//! never an acknowledged message without its body.
+//! only after the message's bytes and its queue row are durable. A crash
+//! before that leaves at most unreferenced bytes, never an acknowledged
+//! message without its body.
 //!
 //! - **Small messages** (up to `[spool] memory_threshold`, within the
 //!   shared `memory_budget`) are held in memory during DATA ([`writer`])
 //!   and handed to the committer with their bytes. The committer appends
-//!   every such body of a batch to the active segment `spool/seg/<id>.seg`,
+//!   every such message of a batch, as a journal record carrying its queue
+//!   row ([`journal`]), to the active segment `spool/seg/<id>.seg`,
 //!   fdatasyncs it once (and fsyncs `spool/seg/` when the segment is new),
-//!   then commits the batch's rows; a row's `spool_path` is
-//!   `spool/seg/<id>.seg#<offset>+<len>` ([`crate::spool_ref`]).
+//!   then commits the batch's rows without a second sync; a row's
+//!   `spool_path` is `spool/seg/<id>.seg#<offset>+<len>`
+//!   ([`crate::spool_ref`]). [`Spool::recover`] re-records at start-up the
+//!   rows a crash lost.
 //! - **Big messages** are written to `incoming/<id>` (from offset
 //!   [`writer::HEADER_ROOM`], the room for the header fields added at the
 //!   end of DATA), fdatasynced and renamed to `spool/<id>.eml` by the
@@ -22,6 +25,7 @@
 //! deleted by the [`segment::Sweeper`] once no message that is not done
 //! refers to them.
 
+pub(crate) mod journal;
 pub mod segment;
 #[cfg(test)]
 mod tests;
@@ -102,6 +106,14 @@ impl Spool {
             threshold: config.memory_threshold,
             committer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Start-up recovery (issue 9): queues again every message of the
+    /// segment journal whose row a crash lost (see [`journal`]). Call once,
+    /// after [`Spool::open`] and before the first commit or sweep. Returns
+    /// how many messages were queued again.
+    pub async fn recover(&mut self, store: &dyn Store) -> Result<usize, segment::RecoverError> {
+        self.segments.recover(store).await
     }
 
     /// Starts a message with our Received header. Nothing touches the disk

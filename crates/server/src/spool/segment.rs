@@ -1,12 +1,15 @@
 //! Segment files (issue 9): `spool/seg/<16 hex id>.seg`, each holding the
-//! bodies of many small messages back to back.
+//! journal records (queue row and body, [`super::journal`]) of many small
+//! messages back to back.
 //!
 //! - [`SegmentLog`] is owned by the committer task, the only writer. It
-//!   appends a batch's bodies with one vectored write and one fdatasync, in
+//!   appends a batch's records with one vectored write and one fdatasync, in
 //!   one trip to the blocking pool, and fsyncs `spool/seg/` when it created
 //!   the segment. It rolls over to a new segment at [`SEGMENT_SIZE`], at
 //!   every start-up (ids only grow) and after any failed write or sync (the
 //!   failed segment is never written again).
+//! - [`Segments::recover`] replays, at start-up, the records after the
+//!   store's journal mark.
 //! - [`Sweeper`] deletes segments that are not being appended to and that no
 //!   message that is not done refers to, and `spool/*.eml` files left by a
 //!   crash between rename and commit.
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use portcullis_store::{Store, StoreError};
+use portcullis_store::{JournalMark, NewMessage, Store, StoreError};
 
 use super::writer::blocking;
 use crate::spool_ref::{SpoolRef, is_plain_relative};
@@ -111,6 +114,83 @@ impl Segments {
     }
 }
 
+/// Why start-up recovery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("reading the segments: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("recording their messages: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Segments {
+    /// Start-up recovery (issue 9, see [`super::journal`]): records the
+    /// rows of the live records after the store's journal mark that the
+    /// store does not hold, and moves the mark to this run's first segment,
+    /// durably. Returns how many messages were recorded. Segments of a
+    /// build without journal records are never read: with no mark yet,
+    /// every row so far was committed synchronously.
+    pub(super) async fn recover(&mut self, store: &dyn Store) -> Result<usize, RecoverError> {
+        let mark = store.journal_mark().await?;
+        // Never let this run's segments sort before the mark (a clock that
+        // went back, or a mark moved past an abandoned segment).
+        self.first_id = self
+            .first_id
+            .max(mark.map_or(0, |m| m.segment.saturating_add(1)));
+        let done = JournalMark {
+            segment: self.first_id,
+            position: 0,
+        };
+        let Some(mark) = mark else {
+            store.replay_journal(&[], done).await?;
+            return Ok(0);
+        };
+        let dir = self.data_dir.join(SEG_DIR);
+        let messages = blocking(move || replayable(&dir, mark)).await??;
+        let n = store.replay_journal(&messages, done).await?;
+        if n > 0 {
+            tracing::warn!(
+                messages = n,
+                "queued again from the spool journal: messages whose queue rows were lost in a crash"
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// The live records after `mark` in the segments of `dir`, as queue rows
+/// naming their bodies.
+fn replayable(dir: &Path, mark: JournalMark) -> std::io::Result<Vec<NewMessage>> {
+    let mut segments = list(dir)?;
+    segments.retain(|(id, _)| *id >= mark.segment);
+    segments.sort_unstable();
+    let mut out = Vec::new();
+    for (id, path) in segments {
+        let start = if id == mark.segment { mark.position } else { 0 };
+        let bytes = std::fs::read(&path)?;
+        let (records, end) = super::journal::scan(&bytes, start);
+        if end < bytes.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                at = end,
+                "ignoring the end of a spool segment: not a whole record (a write cut short by a crash)"
+            );
+        }
+        let name = Path::new(SEG_DIR).join(segment_name(id));
+        for record in records.into_iter().filter(|r| !r.void) {
+            let mut message = record.message;
+            message.spool_path = SpoolRef::Segment {
+                path: name.clone(),
+                offset: record.body_offset,
+                len: record.body_len,
+            }
+            .to_string();
+            out.push(message);
+        }
+    }
+    Ok(out)
+}
+
 /// `<16 hex>.seg` -> id.
 fn segment_id(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".seg")?;
@@ -152,15 +232,33 @@ pub(crate) struct SegmentLog {
     next_id: u64,
 }
 
+/// A record appended by [`SegmentLog::append`].
+#[derive(Debug)]
+pub(crate) struct Appended {
+    /// Where the record starts in its segment.
+    pub start: u64,
+    /// Where its body is: the message's `spool_path`.
+    pub body: SpoolRef,
+    /// Where it ends: the journal mark once its row is committed.
+    pub end: u64,
+}
+
 impl SegmentLog {
-    /// Appends `bodies` to the active segment (a new one if there is none or
-    /// it is full) and makes them durable: one vectored write, one
+    /// Appends `records` (each a journal head and its body, see
+    /// [`super::journal`]) to the active segment (a new one if there is
+    /// none or it is full) and makes them durable: one vectored write, one
     /// fdatasync, and an fsync of `spool/seg/` if the segment was created.
-    /// Returns each body's reference, in order. On error nothing of the
-    /// batch may be committed, and the segment is abandoned.
-    pub(crate) async fn append(&mut self, bodies: Vec<Vec<u8>>) -> std::io::Result<Vec<SpoolRef>> {
-        let lens: Vec<u64> = bodies.iter().map(|b| b.len() as u64).collect();
-        let total: u64 = lens.iter().sum();
+    /// Returns the segment's id and each record's place, in order. On error
+    /// nothing of the batch may be committed, and the segment is abandoned.
+    pub(crate) async fn append(
+        &mut self,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> std::io::Result<(u64, Vec<Appended>)> {
+        let lens: Vec<(u64, u64)> = records
+            .iter()
+            .map(|(head, body)| (head.len() as u64, body.len() as u64))
+            .collect();
+        let total: u64 = lens.iter().map(|(h, b)| h + b).sum();
         let current = self.active.take();
         let roll = match &current {
             Some(a) => a.len > 0 && a.len.saturating_add(total) > SEGMENT_SIZE,
@@ -193,7 +291,7 @@ impl SegmentLog {
                 },
                 (None, None) => return Err(std::io::Error::other("no active segment")),
             };
-            write_all_vectored(&mut active.file, &bodies)?;
+            write_all_vectored(&mut active.file, &records)?;
             active.file.sync_data()?;
             if new_id.is_some() {
                 std::fs::File::open(&dir)?.sync_all()?;
@@ -205,30 +303,85 @@ impl SegmentLog {
         let mut active = match result {
             Ok(a) => a,
             Err(e) => {
-                // Never write to a segment whose write or sync failed.
-                self.shared.set(None);
+                self.abandon();
                 return Err(e);
             }
         };
         let path = Path::new(SEG_DIR).join(segment_name(active.id));
-        let mut refs = Vec::new();
+        let mut appended = Vec::with_capacity(lens.len());
         let mut offset = active.len;
-        for len in lens {
-            refs.push(SpoolRef::Segment {
-                path: path.clone(),
-                offset,
-                len,
+        for (head, len) in lens {
+            let body = offset + head;
+            appended.push(Appended {
+                start: offset,
+                body: SpoolRef::Segment {
+                    path: path.clone(),
+                    offset: body,
+                    len,
+                },
+                end: body + len,
             });
-            offset += len;
+            offset = body + len;
         }
         active.len = offset;
+        let id = active.id;
         self.active = Some(active);
-        Ok(refs)
+        Ok((id, appended))
+    }
+
+    /// Marks the records starting at `starts` in the active segment void
+    /// (their rows were not committed: replay must skip them) and makes
+    /// that durable. On error the segment is abandoned.
+    pub(crate) async fn void(&mut self, starts: Vec<u64>) -> std::io::Result<()> {
+        let Some(active) = self.active.take() else {
+            return Err(std::io::Error::other("no active segment"));
+        };
+        let result = blocking(move || -> std::io::Result<Active> {
+            use std::os::unix::fs::FileExt;
+            for start in starts {
+                active.file.write_all_at(
+                    &super::journal::VOID_STATE,
+                    start + super::journal::STATE_OFFSET,
+                )?;
+            }
+            active.file.sync_data()?;
+            Ok(active)
+        })
+        .await
+        .and_then(|r| r);
+        match result {
+            Ok(active) => {
+                self.active = Some(active);
+                Ok(())
+            }
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    /// The lowest id a segment appended to from now on can have.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Never writes to the current segment again (its write or sync
+    /// failed).
+    fn abandon(&mut self) {
+        self.active = None;
+        self.shared.set(None);
     }
 }
 
-fn write_all_vectored(file: &mut std::fs::File, bodies: &[Vec<u8>]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = bodies.iter().map(|b| IoSlice::new(b)).collect();
+fn write_all_vectored(
+    file: &mut std::fs::File,
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = records
+        .iter()
+        .flat_map(|(head, body)| [IoSlice::new(head), IoSlice::new(body)])
+        .collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match file.write_vectored(rest) {
@@ -373,30 +526,66 @@ mod tests {
         assert_eq!(segment_id("zzzzzzzzzzzzzzzz.seg"), None);
     }
 
+    /// A journal record for `body` (the row does not matter here).
+    fn rec(body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let message = portcullis_store::NewMessage {
+            id: "Q".into(),
+            sender: String::new(),
+            recipients: vec!["x@example.net".into()],
+            size: body.len() as u64,
+            spool_path: String::new(),
+            auth_user: None,
+            client_ip: "192.0.2.1".into(),
+            received_at: 1,
+            usage_ms: Vec::new(),
+        };
+        let head = super::super::journal::record_head(&message, body).unwrap();
+        (head, body.to_vec())
+    }
+
     #[tokio::test]
     async fn batches_append_to_one_segment_with_distinct_ranges() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("spool")).unwrap();
         let segments = Segments::open(dir.path()).unwrap();
         let mut log = segments.log();
-        let first = log
-            .append(vec![b"one\r\n".to_vec(), b"second\r\n".to_vec()])
+        let (id, first) = log
+            .append(vec![rec(b"one\r\n"), rec(b"second\r\n")])
             .await
             .unwrap();
-        let second = log.append(vec![b"third\r\n".to_vec()]).await.unwrap();
+        let (same, second) = log.append(vec![rec(b"third\r\n")]).await.unwrap();
+        assert_eq!(id, same);
         let all: Vec<_> = first.iter().chain(&second).collect();
         assert_eq!(all.len(), 3);
-        assert!(all.iter().all(|r| r.file() == all[0].file()));
+        assert!(all.iter().all(|a| a.body.file() == all[0].body.file()));
         let bodies: Vec<Vec<u8>> = all
             .iter()
-            .map(|r| r.read_all(dir.path()).unwrap())
+            .map(|a| a.body.read_all(dir.path()).unwrap())
             .collect();
         assert_eq!(bodies, [&b"one\r\n"[..], b"second\r\n", b"third\r\n"]);
+        // Records follow each other; the journal scan finds them all.
+        assert_eq!(all[0].start, 0);
+        assert_eq!(all[1].start, all[0].end);
+        assert_eq!(second[0].start, first[1].end);
+        let seg = std::fs::read(dir.path().join(all[0].body.file())).unwrap();
+        let (records, end) = super::super::journal::scan(&seg, 0);
+        assert_eq!(records.len(), 3);
+        assert_eq!(end, second[0].end);
+        // Voiding marks exactly that record, durably, and appends go on.
+        log.void(vec![first[1].start]).await.unwrap();
+        let seg = std::fs::read(dir.path().join(all[0].body.file())).unwrap();
+        let voids: Vec<bool> = super::super::journal::scan(&seg, 0)
+            .0
+            .iter()
+            .map(|r| r.void)
+            .collect();
+        assert_eq!(voids, [false, true, false]);
+        log.append(vec![rec(b"fourth\r\n")]).await.unwrap();
         // A restart never appends to an old segment.
         drop(log);
         let mut log = Segments::open(dir.path()).unwrap().log();
-        let after = log.append(vec![b"x".to_vec()]).await.unwrap();
-        assert_ne!(after[0].file(), all[0].file());
-        assert!(after[0].file() > all[0].file(), "ids only grow");
+        let (_, after) = log.append(vec![rec(b"x")]).await.unwrap();
+        assert_ne!(after[0].body.file(), all[0].body.file());
+        assert!(after[0].body.file() > all[0].body.file(), "ids only grow");
     }
 }

@@ -3570,7 +3570,10 @@ pub async fn suite_journal(store: Arc<dyn Store>) {
         message("J4", "a@example.com", &["x@example.net"], 1),
         message("J1", "a@example.com", &["x@example.net"], 1),
     ];
-    assert_exists(store.enqueue_journaled(&dup, mark(7, 300), false).await, "J1");
+    assert_exists(
+        store.enqueue_journaled(&dup, mark(7, 300), false).await,
+        "J1",
+    );
     let bad = vec![message("J5", "a@example.com", &["not-an-address"], 1)];
     assert_invalid(
         store.enqueue_journaled(&bad, mark(7, 400), false).await,
@@ -3594,7 +3597,12 @@ pub async fn suite_journal(store: Arc<dyn Store>) {
     store.delete_message("J3").await.unwrap();
     let replayed = vec![
         message_with_usage("J1", "mallory@example.com", &["evil@example.net"], &[99]),
-        message_with_usage("J7", "bob@example.com", &["w@example.net", "v@example.net"], &[20, 20]),
+        message_with_usage(
+            "J7",
+            "bob@example.com",
+            &["w@example.net", "v@example.net"],
+            &[20, 20],
+        ),
     ];
     let n = store.replay_journal(&replayed, mark(9, 50)).await.unwrap();
     assert_eq!(n, 1);
@@ -3613,7 +3621,10 @@ pub async fn suite_journal(store: Arc<dyn Store>) {
         ])
     );
     // Replaying again records nothing; an empty replay only moves the mark.
-    assert_eq!(store.replay_journal(&replayed, mark(9, 50)).await.unwrap(), 0);
+    assert_eq!(
+        store.replay_journal(&replayed, mark(9, 50)).await.unwrap(),
+        0
+    );
     assert_eq!(store.replay_journal(&[], mark(10, 0)).await.unwrap(), 0);
     assert_eq!(store.journal_mark().await.unwrap(), Some(mark(10, 0)));
     assert_invalid(store.replay_journal(&bad, mark(11, 0)).await, "bad replay");
