@@ -182,6 +182,7 @@ impl Spool {
                 file,
                 pending,
                 start,
+                ..
             } => {
                 let final_name = format!("{}.eml", w.id);
                 let final_path = self.spool.join(&final_name);

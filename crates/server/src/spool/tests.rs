@@ -161,6 +161,33 @@ async fn message_above_the_threshold_gets_its_own_file() {
     assert_eq!(f.spool.memory_in_use(), 0);
 }
 
+/// A spilled writer's write buffer is counted in the budget when it gets
+/// the big block, and given back with the message; with no room it writes
+/// in small blocks, counted nowhere (as before the budget covered it).
+#[tokio::test]
+async fn spilled_write_buffer_is_counted_when_it_gets_the_big_block() {
+    use super::writer::{FLUSH_AT, FLUSH_AT_UNBUDGETED};
+    let room = (FLUSH_AT + FLUSH_AT_UNBUDGETED) as u64;
+    for (budget, leased) in [(64 * 1024 * 1024, room), (room - 1, 0)] {
+        let f = fixture(4096, budget).await;
+        let data = message("big", 10_000);
+        let mut w = f.spool.begin(envelope(), origin()).await;
+        for chunk in data.chunks(8192) {
+            w.write(chunk).await;
+            if !w.in_memory() {
+                assert_eq!(f.spool.memory_in_use(), leased, "budget {budget}");
+            }
+        }
+        assert!(!w.in_memory());
+        let id = match f.spool.commit(w, &f.store, Vec::new()).await {
+            EnqueueOutcome::Queued { id } => id,
+            other => panic!("{other:?}"),
+        };
+        f.check_body(&id, &data).await;
+        assert_eq!(f.spool.memory_in_use(), 0);
+    }
+}
+
 /// The budget counts what is allocated, before it is: a buffer starts at
 /// 4 KiB and doubles, each size granted first.
 #[tokio::test]
@@ -217,7 +244,9 @@ async fn abort_gives_back_memory_and_removes_spilled_files() {
     let mut w = f.spool.begin(envelope(), origin()).await;
     w.write(&message("big", 200)).await;
     assert!(!w.in_memory());
+    assert!(f.spool.memory_in_use() > 0, "the write buffer's lease");
     f.spool.abort(w).await;
+    assert_eq!(f.spool.memory_in_use(), 0);
     let left = std::fs::read_dir(f.data_dir.join("incoming"))
         .unwrap()
         .count();
