@@ -69,7 +69,7 @@ impl TlsManager {
                 (c, k, true)
             }
         };
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(server_provider());
         warm_up_rng(&provider);
         let key = load_pair(&cert_path, &key_path, &provider)?;
         let current = Arc::new(ReloadableCert(RwLock::new(Arc::new(key))));
@@ -79,6 +79,8 @@ impl TlsManager {
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = Vec::new();
+        // Our order (see `server_provider`), not the client's.
+        config.ignore_client_order = true;
         Ok(TlsManager {
             cert_path,
             key_path,
@@ -239,6 +241,28 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyChain {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// aws-lc-rs with the AES-128-GCM suites first (issue 9). rustls clients,
+/// like many others, list AES-256-GCM-SHA384 first; its transcript hash
+/// and key schedule use SHA-384, which has no instructions on the x86 CPUs
+/// we run on while SHA-256 does, and AES-128 is 10 rounds to AES-256's 14.
+/// Measured: 3.7% of the server's CPU in scenario (b) was SHA-512 blocks.
+/// AES-128-GCM is in every current recommendation (Mozilla "modern" and
+/// "intermediate", RFC 8446's mandatory suite). The set of suites is
+/// unchanged; only the order.
+fn server_provider() -> CryptoProvider {
+    use rustls::CipherSuite as S;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let rank = |suite: S| match suite {
+        S::TLS13_AES_128_GCM_SHA256 => 0,
+        S::TLS13_CHACHA20_POLY1305_SHA256 => 1,
+        S::TLS13_AES_256_GCM_SHA384 => 2,
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        _ => 4,
+    };
+    provider.cipher_suites.sort_by_key(|s| rank(s.suite()));
+    provider
 }
 
 /// Seeds aws-lc's random generator now, at start-up. Its first use runs

@@ -255,6 +255,21 @@ async fn tls_1_2_and_1_3_are_negotiated() {
             .expect("negotiated version");
         assert_eq!(negotiated, expected);
         assert!(u16::from(negotiated) >= u16::from(ProtocolVersion::TLSv1_2));
+        // rustls clients list AES-256-GCM first; the server picks AES-128-GCM
+        // (SHA-256 key schedule: issue 9), and only from what was offered.
+        let suite = c
+            .get_ref()
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .expect("negotiated suite")
+            .suite();
+        let want = if expected == ProtocolVersion::TLSv1_3 {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        };
+        assert_eq!(suite, want);
         let ehlo = c.command("EHLO client.example", "250 ").await;
         assert_eq!(
             ehlo.last().map(String::as_str),
@@ -270,6 +285,43 @@ async fn tls_1_2_and_1_3_are_negotiated() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(tls.get_ref().1.protocol_version(), Some(expected));
+        // A client that offers only AES-256-GCM still gets it.
+        let only = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::CryptoProvider {
+                cipher_suites: rustls::crypto::aws_lc_rs::default_provider()
+                    .cipher_suites
+                    .into_iter()
+                    .filter(|s| {
+                        matches!(
+                            s.suite(),
+                            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                        )
+                    })
+                    .collect(),
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            },
+        ))
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert.clone()).expect("root");
+            roots
+        })
+        .with_no_client_auth();
+        let c256 = connect_tls(server.submissions, std::sync::Arc::new(only)).await;
+        let suite = c256.get_ref().get_ref().1.negotiated_cipher_suite();
+        assert!(
+            matches!(
+                suite.map(|s| s.suite()),
+                Some(
+                    rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                )
+            ),
+            "{suite:?}"
+        );
         let mut c = LineClient::new(tls);
         c.command("NOOP", "250 2.0.0").await;
         c.command("QUIT", "221 2.0.0").await;
