@@ -26,7 +26,10 @@
 //! refers to them.
 
 pub(crate) mod journal;
+#[cfg(test)]
+mod recovery_tests;
 pub mod segment;
+mod spare;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -84,6 +87,20 @@ impl Spool {
     /// Creates the spool directories, drops what a crash left in
     /// `incoming/` and picks the id of this run's first segment.
     pub fn open(data_dir: &Path, config: &SpoolConfig) -> std::io::Result<Spool> {
+        Spool::open_sized(data_dir, config, segment::SEGMENT_SIZE)
+    }
+
+    /// A spool with the default config whose segments roll over at `size`
+    /// octets (tests).
+    #[cfg(test)]
+    pub(crate) fn open_with_segment_size(data_dir: &Path, size: u64) -> Spool {
+        match Spool::open_sized(data_dir, &SpoolConfig::defaults(), size) {
+            Ok(spool) => spool,
+            Err(e) => panic!("opening the spool: {e}"),
+        }
+    }
+
+    fn open_sized(data_dir: &Path, config: &SpoolConfig, size: u64) -> std::io::Result<Spool> {
         let incoming = data_dir.join("incoming");
         let spool = data_dir.join("spool");
         std::fs::create_dir_all(&incoming)?;
@@ -95,7 +112,7 @@ impl Spool {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        let segments = segment::Segments::open(data_dir)?;
+        let segments = segment::Segments::open_sized(data_dir, size)?;
         Ok(Spool {
             data_dir: data_dir.to_path_buf(),
             wake: Arc::new(tokio::sync::Notify::new()),

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_store::{JournalMark, NewMessage, Store, StoreError};
 
+use super::spare::Spares;
 use super::writer::blocking;
 use crate::spool_ref::{SpoolRef, is_plain_relative};
 
@@ -77,12 +78,16 @@ pub struct Segments {
     /// No segment of this run has an id below this (larger than any found
     /// at start-up).
     first_id: u64,
+    /// A segment takes no more batches once it is this big.
+    size: u64,
+    spares: Arc<Spares>,
 }
 
 impl Segments {
     /// Creates `spool/seg/` (fsyncing `spool/` when it is new) and picks an
-    /// id above every existing segment.
-    pub(super) fn open(data_dir: &Path) -> std::io::Result<Segments> {
+    /// id above every existing segment. Segments take no more batches once
+    /// they are `size` octets ([`SEGMENT_SIZE`]; tests roll over sooner).
+    pub(super) fn open_sized(data_dir: &Path, size: u64) -> std::io::Result<Segments> {
         let dir = data_dir.join(SEG_DIR);
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)?;
@@ -93,6 +98,8 @@ impl Segments {
             data_dir: data_dir.to_path_buf(),
             active: Arc::new(ActiveSegment::default()),
             first_id: newest.map_or(0, |id| id.saturating_add(1)),
+            size,
+            spares: Arc::new(Spares::open(&dir, size)?),
         })
     }
 
@@ -103,6 +110,8 @@ impl Segments {
             active: None,
             shared: Arc::clone(&self.active),
             next_id: self.first_id,
+            size: self.size,
+            spares: Arc::clone(&self.spares),
         }
     }
 
@@ -131,6 +140,8 @@ impl Segments {
     /// build without journal records are never read: with no mark yet,
     /// every row so far was committed synchronously.
     pub(super) async fn recover(&mut self, store: &dyn Store) -> Result<usize, RecoverError> {
+        // The first segment of this run can then be a spare (spare.rs).
+        self.spares.replenish();
         let mark = store.journal_mark().await?;
         // Never let this run's segments sort before the mark (a clock that
         // went back, or a mark moved past an abandoned segment).
@@ -169,7 +180,12 @@ fn replayable(dir: &Path, mark: JournalMark) -> std::io::Result<Vec<NewMessage>>
         let start = if id == mark.segment { mark.position } else { 0 };
         let bytes = std::fs::read(&path)?;
         let (records, end) = super::journal::scan(&bytes, start);
-        if end < bytes.len() as u64 {
+        // Zeros after the last record are a spare's (spare.rs).
+        let rest = usize::try_from(end)
+            .ok()
+            .and_then(|end| bytes.get(end..))
+            .unwrap_or_default();
+        if !rest.iter().all(|b| *b == 0) {
             tracing::warn!(
                 path = %path.display(),
                 at = end,
@@ -230,6 +246,8 @@ pub(crate) struct SegmentLog {
     active: Option<Active>,
     shared: Arc<ActiveSegment>,
     next_id: u64,
+    size: u64,
+    spares: Arc<Spares>,
 }
 
 /// A record appended by [`SegmentLog::append`].
@@ -261,7 +279,7 @@ impl SegmentLog {
         let total: u64 = lens.iter().map(|(h, b)| h + b).sum();
         let current = self.active.take();
         let roll = match &current {
-            Some(a) => a.len > 0 && a.len.saturating_add(total) > SEGMENT_SIZE,
+            Some(a) => a.len > 0 && a.len.saturating_add(total) > self.size,
             None => true,
         };
         let (current, new_id) = if roll {
@@ -278,17 +296,22 @@ impl SegmentLog {
             (current, None)
         };
         let dir = self.dir.clone();
+        let spares = Arc::clone(&self.spares);
         let result = blocking(move || -> std::io::Result<Active> {
             let mut active = match (current, new_id) {
                 (Some(a), _) => a,
-                (None, Some(id)) => Active {
-                    id,
-                    file: std::fs::File::options()
-                        .write(true)
-                        .create_new(true)
-                        .open(dir.join(segment_name(id)))?,
-                    len: 0,
-                },
+                (None, Some(id)) => {
+                    let path = dir.join(segment_name(id));
+                    // A pre-zeroed spare when one is ready (spare.rs).
+                    let file = match spares.take(&path)? {
+                        Some(file) => file,
+                        None => std::fs::File::options()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)?,
+                    };
+                    Active { id, file, len: 0 }
+                }
                 (None, None) => return Err(std::io::Error::other("no active segment")),
             };
             write_all_vectored(&mut active.file, &records)?;
@@ -307,6 +330,9 @@ impl SegmentLog {
                 return Err(e);
             }
         };
+        if new_id.is_some() {
+            self.spares.replenish();
+        }
         let path = Path::new(SEG_DIR).join(segment_name(active.id));
         let mut appended = Vec::with_capacity(lens.len());
         let mut offset = active.len;
@@ -547,7 +573,7 @@ mod tests {
     async fn batches_append_to_one_segment_with_distinct_ranges() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("spool")).unwrap();
-        let segments = Segments::open(dir.path()).unwrap();
+        let segments = Segments::open_sized(dir.path(), SEGMENT_SIZE).unwrap();
         let mut log = segments.log();
         let (id, first) = log
             .append(vec![rec(b"one\r\n"), rec(b"second\r\n")])
@@ -583,7 +609,7 @@ mod tests {
         log.append(vec![rec(b"fourth\r\n")]).await.unwrap();
         // A restart never appends to an old segment.
         drop(log);
-        let mut log = Segments::open(dir.path()).unwrap().log();
+        let mut log = Segments::open_sized(dir.path(), SEGMENT_SIZE).unwrap().log();
         let (_, after) = log.append(vec![rec(b"x")]).await.unwrap();
         assert_ne!(after[0].body.file(), all[0].body.file());
         assert!(after[0].body.file() > all[0].body.file(), "ids only grow");

@@ -7,20 +7,20 @@ use std::sync::Arc;
 
 use portcullis_proto::command::MailParams;
 use portcullis_proto::{EnqueueOutcome, Envelope, ForwardPath, ReversePath};
-use portcullis_store::{DeliveryStatus, JournalMark, RecipientOutcome, SqliteStore, Store};
+use portcullis_store::{DeliveryStatus, RecipientOutcome, SqliteStore, Store};
 
 use super::{Origin, Readable, Spool};
 use crate::config::SpoolConfig;
 use crate::spool_ref::SpoolRef;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    data_dir: std::path::PathBuf,
-    spool: Spool,
-    store: Arc<dyn Store>,
+    pub(super) data_dir: std::path::PathBuf,
+    pub(super) spool: Spool,
+    pub(super) store: Arc<dyn Store>,
 }
 
-async fn fixture(memory_threshold: u64, memory_budget: u64) -> Fixture {
+pub(super) async fn fixture(memory_threshold: u64, memory_budget: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     let store = SqliteStore::open(&data_dir.join("portcullis.db"))
@@ -38,7 +38,7 @@ async fn fixture(memory_threshold: u64, memory_budget: u64) -> Fixture {
     }
 }
 
-fn envelope() -> Envelope {
+pub(super) fn envelope() -> Envelope {
     Envelope {
         from: ReversePath::Null,
         params: MailParams::default(),
@@ -50,7 +50,7 @@ fn envelope() -> Envelope {
     }
 }
 
-fn origin() -> Origin {
+pub(super) fn origin() -> Origin {
     Origin {
         client_ip: "192.0.2.1".parse().unwrap(),
         hostname: "mx.test".into(),
@@ -59,7 +59,7 @@ fn origin() -> Origin {
 }
 
 /// `lines` lines of 78 octets after a header block.
-fn message(tag: &str, lines: usize) -> Vec<u8> {
+pub(super) fn message(tag: &str, lines: usize) -> Vec<u8> {
     let mut m = format!("Subject: {tag}\r\n\r\n").into_bytes();
     for _ in 0..lines {
         m.extend_from_slice(&[b'x'; 76]);
@@ -70,7 +70,7 @@ fn message(tag: &str, lines: usize) -> Vec<u8> {
 
 impl Fixture {
     /// Sends `data` in 1000-octet chunks and commits; returns the queue id.
-    async fn accept(&self, data: &[u8]) -> String {
+    pub(super) async fn accept(&self, data: &[u8]) -> String {
         let mut w = self.spool.begin(envelope(), origin()).await;
         for chunk in data.chunks(1000) {
             w.write(chunk).await;
@@ -81,13 +81,13 @@ impl Fixture {
         }
     }
 
-    async fn body_ref(&self, id: &str) -> SpoolRef {
+    pub(super) async fn body_ref(&self, id: &str) -> SpoolRef {
         let entry = self.store.queue_entry(id).await.unwrap().unwrap();
         SpoolRef::parse(&entry.spool_path).unwrap()
     }
 
     /// The stored body, checked to end with `data` after our Received header.
-    async fn check_body(&self, id: &str, data: &[u8]) -> SpoolRef {
+    pub(super) async fn check_body(&self, id: &str, data: &[u8]) -> SpoolRef {
         let r = self.body_ref(id).await;
         let body = r.read_all(&self.data_dir).unwrap();
         assert!(body.starts_with(b"Received: from client.test"));
@@ -102,10 +102,12 @@ impl Fixture {
             .count()
     }
 
-    fn segments(&self) -> Vec<std::path::PathBuf> {
+    /// The segment files (not the spare, `spare.rs`), oldest first.
+    pub(super) fn segments(&self) -> Vec<std::path::PathBuf> {
         let mut v: Vec<_> = std::fs::read_dir(self.data_dir.join("spool/seg"))
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
             .collect();
         v.sort();
         v
@@ -394,147 +396,6 @@ async fn garbage_after_the_last_message_does_not_matter() {
     let mut again = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
     assert_eq!(again.recover(&*f.store).await.unwrap(), 0);
     assert_eq!(f.store.list_queue().await.unwrap().len(), 3);
-}
-
-/// What a power loss does to unsynced commits: the rows of the last
-/// batches are gone and the journal mark is back where the last durable
-/// commit left it. Simulated with a synced delete of those rows and the
-/// mark set back (the store cannot tell the difference).
-async fn lose_rows_after(f: &Fixture, mark: JournalMark, ids: &[&str]) {
-    for id in ids {
-        f.store.delete_message(id).await.unwrap();
-    }
-    f.store.replay_journal(&[], mark).await.unwrap();
-}
-
-#[tokio::test]
-async fn rows_lost_in_a_crash_are_queued_again_from_the_journal() {
-    let f = fixture(256 * 1024, 1024 * 1024).await;
-    let first = message("first", 4);
-    let a = f.accept(&first).await;
-    let after_a = f.store.journal_mark().await.unwrap().unwrap();
-    let second = message("second", 7);
-    let b = f.accept(&second).await;
-    let third = message("third", 1);
-    let c = f.accept(&third).await;
-    let before = f.store.list_queue().await.unwrap();
-    assert!(f.store.journal_mark().await.unwrap().unwrap() > after_a);
-
-    lose_rows_after(&f, after_a, &[&b, &c]).await;
-    assert_eq!(f.store.list_queue().await.unwrap().len(), 1);
-
-    // The restart queues b and c again, exactly as they were.
-    let mut restarted = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
-    assert_eq!(restarted.recover(&*f.store).await.unwrap(), 2);
-    assert_eq!(f.store.list_queue().await.unwrap(), before);
-    f.check_body(&a, &first).await;
-    f.check_body(&b, &second).await;
-    f.check_body(&c, &third).await;
-    // The mark is past every old segment: a second recovery queues nothing,
-    // even if b is delivered and deleted in between.
-    let mark = f.store.journal_mark().await.unwrap().unwrap();
-    assert!(mark.segment > after_a.segment);
-    f.store.delete_message(&b).await.unwrap();
-    let mut again = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
-    assert_eq!(again.recover(&*f.store).await.unwrap(), 0);
-    assert_eq!(f.store.list_queue().await.unwrap().len(), 2);
-    // This run's segments come after the mark.
-    let mut w = again.begin(envelope(), origin()).await;
-    w.write(&third).await;
-    let EnqueueOutcome::Queued { id: d } = again.commit(w, &f.store, Vec::new()).await else {
-        panic!("not queued");
-    };
-    let SpoolRef::Segment { path, .. } = f.body_ref(&d).await else {
-        panic!("expected a segment");
-    };
-    let name = path.file_name().unwrap().to_str().unwrap();
-    let id = u64::from_str_radix(name.trim_end_matches(".seg"), 16).unwrap();
-    assert!(id >= mark.segment);
-}
-
-#[tokio::test]
-async fn a_message_whose_commit_failed_is_never_replayed() {
-    let f = fixture(256 * 1024, 1024 * 1024).await;
-    f.accept(&message("first", 2)).await;
-    let mark = f.store.journal_mark().await.unwrap().unwrap();
-    // A queue row with the id the next message gets makes its commit fail.
-    let mut w = f.spool.begin(envelope(), origin()).await;
-    let id = w.id().to_string();
-    let blocker = portcullis_store::NewMessage {
-        id: id.clone(),
-        sender: String::new(),
-        recipients: vec!["x@example.net".into()],
-        size: 1,
-        spool_path: "spool/blocker.eml".into(),
-        auth_user: None,
-        client_ip: "192.0.2.9".into(),
-        received_at: 1,
-        usage_ms: Vec::new(),
-    };
-    f.store.enqueue(&blocker).await.unwrap();
-    w.write(&message("refused", 2)).await;
-    let outcome = f.spool.commit(w, &f.store, Vec::new()).await;
-    assert!(
-        matches!(outcome, EnqueueOutcome::TemporaryFailure),
-        "{outcome:?}"
-    );
-    assert_eq!(f.store.journal_mark().await.unwrap(), Some(mark));
-    // Its record is in the segment, void.
-    let seg = std::fs::read(f.segments().last().unwrap()).unwrap();
-    let (records, _) = super::journal::scan(&seg, mark.position);
-    assert_eq!(records.len(), 1);
-    assert!(records[0].void);
-    assert_eq!(records[0].message.id, id);
-    // Without the blocker and with the mark where it was, a restart must
-    // still not queue the refused message: its client was told 451.
-    lose_rows_after(&f, mark, &[&id]).await;
-    let mut restarted = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
-    assert_eq!(restarted.recover(&*f.store).await.unwrap(), 0);
-    assert!(f.store.queue_entry(&id).await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn a_torn_record_is_not_replayed() {
-    let f = fixture(256 * 1024, 1024 * 1024).await;
-    let first = message("first", 4);
-    let a = f.accept(&first).await;
-    let after_a = f.store.journal_mark().await.unwrap().unwrap();
-    let b = f.accept(&message("second", 30)).await;
-    let seg = f.data_dir.join(f.body_ref(&b).await.file());
-    let len = std::fs::metadata(&seg).unwrap().len();
-    // The crash cut b's record short (so b was never acknowledged).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(len - 10)
-        .unwrap();
-    lose_rows_after(&f, after_a, &[&b]).await;
-    let mut restarted = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
-    assert_eq!(restarted.recover(&*f.store).await.unwrap(), 0);
-    let queue = f.store.list_queue().await.unwrap();
-    assert_eq!(queue.len(), 1);
-    f.check_body(&a, &first).await;
-}
-
-/// The first start of a build with the journal on a spool written before
-/// it: no mark, old segments without records. Nothing is read or queued;
-/// the mark starts at this run's segments.
-#[tokio::test]
-async fn first_start_with_the_journal_reads_no_old_segment() {
-    let f = fixture(256 * 1024, 1024 * 1024).await;
-    std::fs::create_dir_all(f.data_dir.join("spool/seg")).unwrap();
-    std::fs::write(
-        f.data_dir.join("spool/seg/0000000000000005.seg"),
-        b"Received: an old-format body\r\n\r\nhello\r\n",
-    )
-    .unwrap();
-    let mut spool = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
-    assert_eq!(f.store.journal_mark().await.unwrap(), None);
-    assert_eq!(spool.recover(&*f.store).await.unwrap(), 0);
-    let mark = f.store.journal_mark().await.unwrap().unwrap();
-    assert!(mark.segment > 5);
-    assert_eq!(mark.position, 0);
 }
 
 fn delivered(id: &str) -> RecipientOutcome {
