@@ -609,7 +609,9 @@ mod tests {
         log.append(vec![rec(b"fourth\r\n")]).await.unwrap();
         // A restart never appends to an old segment.
         drop(log);
-        let mut log = Segments::open_sized(dir.path(), SEGMENT_SIZE).unwrap().log();
+        let mut log = Segments::open_sized(dir.path(), SEGMENT_SIZE)
+            .unwrap()
+            .log();
         let (_, after) = log.append(vec![rec(b"x")]).await.unwrap();
         assert_ne!(after[0].body.file(), all[0].body.file());
         assert!(after[0].body.file() > all[0].body.file(), "ids only grow");
