@@ -131,6 +131,15 @@ impl Fixture {
             .expect("Server::bind")
     }
 
+    /// A second server on `data_dir` and `store` (a restart: what it finds
+    /// there is what the first one left), bound but not running.
+    pub async fn bound_server_on(data_dir: &Path, store: &Arc<SqliteStore>) -> Server {
+        let config = test_config(data_dir);
+        Server::bind(Arc::new(config), Arc::clone(store) as Arc<dyn Store>)
+            .await
+            .expect("Server::bind")
+    }
+
     /// Spool files (`spool/*.eml`; segments in `spool/seg/` not included)
     /// and leftovers in `incoming/`.
     pub fn spool_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
