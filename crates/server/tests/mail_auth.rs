@@ -266,6 +266,55 @@ async fn submitted_mail_carries_ed25519_and_rsa_signatures_dkimpy_verifies() {
     server.stop().await;
 }
 
+/// A message bigger than `[spool] memory_threshold` is spilled, and its
+/// body is hashed block by block as it is written (issue 9): the
+/// signatures must verify exactly as for one read back, with trailing
+/// whitespace, blank lines and lines split across blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_message_hashed_as_it_is_written_verifies() {
+    let fx = Fixture::new().await;
+    let store = fx.store_dyn();
+    let keys = add_keys(&*store, "example.com").await;
+    let config = fx.config();
+    let txt = dkim_txt(&config, "example.com", &keys);
+    let server = Running::start(config, Arc::clone(&store)).await;
+    let mut message =
+        String::from("From: alice@example.com\r\nTo: zed@remote.test\r\nSubject: big\r\n\r\n");
+    let mut i = 0;
+    while message.len() < 900 * 1024 {
+        // Lines of varying length so they straddle the 256 KiB blocks.
+        message.push_str(&format!("line {i} {}  \t \r\n", "x".repeat(i % 97)));
+        if i % 50 == 0 {
+            message.push_str("\r\n  \r\n");
+        }
+        i += 1;
+    }
+    message.push_str("\r\n \r\n\r\n");
+    let id = submit(&server, "zed@remote.test", &message).await;
+    let entry = store.queue_entry(&id).await.unwrap().unwrap();
+    assert!(
+        entry.spool_path.ends_with(&format!("+{}", entry.size))
+            && !entry.spool_path.contains("seg"),
+        "spilled to its own file: {}",
+        entry.spool_path
+    );
+    let spooled = spooled(&*store, fx.data_dir(), &id).await;
+    assert_eq!(spooled.matches("DKIM-Signature:").count(), 2);
+    let verdicts = dkimpy(spooled.as_bytes(), &txt);
+    assert_eq!(
+        verdicts,
+        [
+            ("ed25519-sha256".to_owned(), true),
+            ("rsa-sha256".to_owned(), true)
+        ]
+    );
+    let tampered = spooled.replacen("line 7000 ", "line 7001 ", 1);
+    assert_ne!(tampered, spooled);
+    let verdicts = dkimpy(tampered.as_bytes(), &txt);
+    assert!(verdicts.iter().all(|(_, ok)| !ok), "{verdicts:?}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_switches_the_signing_selector() {
     let fx = Fixture::new().await;

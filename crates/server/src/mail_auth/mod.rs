@@ -68,17 +68,27 @@ pub(crate) async fn prepare_submission(
         writer.insert_headers(&fixups).await;
         return Ok(());
     }
-    let Some(message) = writer.readable().await else {
-        // The write error is reported by commit.
-        return Ok(());
-    };
     let selectors: Vec<String> = keys.iter().map(|k| k.selector.clone()).collect();
     let prefix = fixups.clone();
     let sign_domain = domain.clone();
-    let signed = tokio::task::spawn_blocking(move || {
-        sign::sign_message(message, &prefix, &sign_domain, keys)
-    })
-    .await;
+    // A big message was hashed as it was written: no read-back (issue 9).
+    let signed = if let Some((headers, body_hash)) = writer.take_hashed().await {
+        tokio::task::spawn_blocking(move || {
+            let mut block = prefix;
+            block.extend_from_slice(&headers);
+            sign::sign_hashed(&block, body_hash, &sign_domain, keys)
+        })
+        .await
+    } else {
+        let Some(message) = writer.readable().await else {
+            // The write error is reported by commit.
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            sign::sign_message(message, &prefix, &sign_domain, keys)
+        })
+        .await
+    };
     match signed {
         Ok(Ok(mut headers)) => {
             tracing::info!(

@@ -85,6 +85,70 @@ pub fn fixup_headers(header_block: &[u8], queue_id: &str, hostname: &str) -> Vec
     out
 }
 
+/// The header block and the relaxed body hash of a message, fed in pieces
+/// of any size (issue 9): by [`sign_message`] from its read-back, and by a
+/// spilled message's writer as its blocks are written, so that signing a
+/// big message needs no read-back at all.
+pub struct MessageHasher {
+    /// The header block so far; once the blank line is found, exactly the
+    /// fields (the last one's CRLF kept, the blank line dropped).
+    headers: Vec<u8>,
+    body: RelaxedBodyHash,
+    in_body: bool,
+}
+
+/// A header block longer than this without its blank line is not hashed
+/// as it streams ([`MessageHasher::feed_bounded`]): the message is then
+/// signed from its read-back.
+pub const STREAM_HEADER_LIMIT: usize = 256 * 1024;
+
+impl MessageHasher {
+    /// A hasher whose header block starts with `prefix` (fields added in
+    /// front of the message; empty for none).
+    pub fn new(prefix: &[u8]) -> MessageHasher {
+        MessageHasher {
+            headers: prefix.to_vec(),
+            body: RelaxedBodyHash::new(),
+            in_body: false,
+        }
+    }
+
+    /// The next piece of the message.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.in_body {
+            self.body.write(data);
+            return;
+        }
+        // Still in the header block: look for the blank line, also across
+        // piece boundaries.
+        let scan_from = self.headers.len().saturating_sub(3);
+        self.headers.extend_from_slice(data);
+        if let Some(pos) = memchr::memmem::find(&self.headers[scan_from..], b"\r\n\r\n") {
+            let body_start = scan_from + pos + 4;
+            self.body.write(&self.headers[body_start..]);
+            // Keep the last field's CRLF, drop the blank line.
+            self.headers.truncate(body_start - 2);
+            self.in_body = true;
+        }
+    }
+
+    /// [`MessageHasher::feed`], but `false` (and the hasher is then of no
+    /// use) once the header block is longer than [`STREAM_HEADER_LIMIT`]
+    /// without its end: a writer must not hold an unbounded header block.
+    pub fn feed_bounded(&mut self, data: &[u8]) -> bool {
+        self.feed(data);
+        self.in_body || self.headers.len() <= STREAM_HEADER_LIMIT
+    }
+
+    /// The header block (ending in CRLF) and the body hash.
+    pub fn finish(mut self) -> (Vec<u8>, HashOutput) {
+        if !self.headers.ends_with(b"\r\n") {
+            self.headers.extend_from_slice(b"\r\n");
+        }
+        (self.headers, HashOutput::Digest(self.body.finish()))
+    }
+}
+
 /// Signs `prefix` (the fix-up headers) followed by `message` with every
 /// key; returns the DKIM-Signature fields in key order. Blocking: run it on
 /// the blocking pool.
@@ -102,36 +166,29 @@ pub fn sign_message(
     domain: &str,
     keys: Vec<SigningKey>,
 ) -> Result<Vec<u8>, SignError> {
-    let mut headers = prefix.to_vec();
-    let mut body = RelaxedBodyHash::new();
-    let mut in_body = false;
+    let mut hasher = MessageHasher::new(prefix);
     let mut file = message.open()?;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        if in_body {
-            body.write(&buf[..n]);
-            continue;
-        }
-        // Still in the header block: look for the blank line, also across
-        // chunk boundaries.
-        let scan_from = headers.len().saturating_sub(3);
-        headers.extend_from_slice(&buf[..n]);
-        if let Some(pos) = memchr::memmem::find(&headers[scan_from..], b"\r\n\r\n") {
-            let body_start = scan_from + pos + 4;
-            body.write(&headers[body_start..]);
-            // Keep the last field's CRLF, drop the blank line.
-            headers.truncate(body_start - 2);
-            in_body = true;
-        }
+        hasher.feed(&buf[..n]);
     }
-    if !headers.ends_with(b"\r\n") {
-        headers.extend_from_slice(b"\r\n");
-    }
-    let body_hash = HashOutput::Digest(body.finish());
+    let (headers, body_hash) = hasher.finish();
+    sign_hashed(&headers, body_hash, domain, keys)
+}
+
+/// Signs a message whose header block (fix-ups in front, ending in CRLF)
+/// and body hash are known, with every key; returns the DKIM-Signature
+/// fields in key order. Blocking (RSA): run it on the blocking pool.
+pub fn sign_hashed(
+    headers: &[u8],
+    body_hash: HashOutput,
+    domain: &str,
+    keys: Vec<SigningKey>,
+) -> Result<Vec<u8>, SignError> {
     let mut out = Vec::new();
     for k in keys {
         let selector = k.selector.clone();
@@ -147,7 +204,7 @@ pub fn sign_message(
         // The header block and an empty body: the body hash is the shared
         // one (see `BodyHashed`).
         let signature = signer
-            .sign_chained([headers.as_slice(), b"\r\n".as_slice()])
+            .sign_chained([headers, b"\r\n".as_slice()])
             .map_err(|error| SignError::Dkim { selector, error })?;
         out.extend_from_slice(signature.to_header().as_bytes());
     }
@@ -193,7 +250,7 @@ mod tests {
         let prefix = b"Date: Wed, 02 Dec 2026 02:00:00 +0000\r\n".to_vec();
         let mut message = b"From: a@example.com\r\nSubject: big\r\nX-Pad: ".to_vec();
         // The blank line's CRLFCRLF starts 2 bytes before the first read ends.
-        let pad = 65_536 - 2 - message.len();
+        let pad = 262_144 - 2 - message.len();
         message.extend(std::iter::repeat_n(b'p', pad));
         message.extend_from_slice(b"\r\n\r\n");
         for i in 0..20_000 {
@@ -246,6 +303,60 @@ mod tests {
         let expected = base64::engine::general_purpose::STANDARD.encode(&expected.bh);
         assert!(!expected.is_empty());
         assert_eq!(bh(&ours), expected, "{ours}");
+    }
+
+    /// Fed in pieces split anywhere, the hasher gives the header block and
+    /// body hash it gives fed at once; the blank line may fall in any piece
+    /// or across two.
+    #[test]
+    fn hasher_is_independent_of_how_the_message_is_split() {
+        let mut message = b"From: a@example.com\r\nSubject: s\r\n\r\n".to_vec();
+        for i in 0..300 {
+            message.extend_from_slice(format!("l{i} \t {} \r\n", "y".repeat(i % 13)).as_bytes());
+        }
+        message.extend_from_slice(b"\r\n  \r\n");
+        let whole = {
+            let mut h = MessageHasher::new(b"X-Pre: 1\r\n");
+            h.feed(&message);
+            h.finish()
+        };
+        assert!(whole.0.starts_with(b"X-Pre: 1\r\nFrom: "));
+        assert!(whole.0.ends_with(b"Subject: s\r\n"));
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..300 {
+            let mut h = MessageHasher::new(b"X-Pre: 1\r\n");
+            let mut rest = &message[..];
+            while !rest.is_empty() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let n = (seed % 40) as usize + 1;
+                let (piece, tail) = rest.split_at(n.min(rest.len()));
+                assert!(h.feed_bounded(piece));
+                rest = tail;
+            }
+            let (headers, hash) = h.finish();
+            assert_eq!(headers, whole.0);
+            assert_eq!(hash.as_ref(), whole.1.as_ref());
+        }
+    }
+
+    #[test]
+    fn an_endless_header_block_is_not_held() {
+        let mut h = MessageHasher::new(b"");
+        let line = b"X-Long: 0123456789012345678901234567890123456789\r\n";
+        let mut fed = 0;
+        while fed + line.len() <= STREAM_HEADER_LIMIT {
+            assert!(h.feed_bounded(line));
+            fed += line.len();
+        }
+        assert!(!h.feed_bounded(line), "past the bound without a blank line");
+        // With the blank line in time, any body length is fine.
+        let mut h = MessageHasher::new(b"");
+        assert!(h.feed_bounded(b"Subject: s\r\n\r\n"));
+        for _ in 0..10_000 {
+            assert!(h.feed_bounded(line));
+        }
     }
 
     #[test]

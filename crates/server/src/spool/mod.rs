@@ -153,6 +153,7 @@ impl Spool {
             failed: None,
             threshold: self.threshold,
             received: Vec::new(),
+            hasher: None,
         };
         writer.write(header.as_bytes()).await;
         writer

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use portcullis_proto::Envelope;
 
 use super::Origin;
+use crate::mail_auth::sign::MessageHasher;
+use mail_auth::common::crypto::HashOutput;
 
 /// Spilled data is written once this much has gathered, when the memory
 /// budget grants a spilled writer that much ([`Lease`]): each write is a
@@ -154,6 +156,11 @@ pub struct SpoolWriter {
     /// message spills (empty before): it is rewritten in front of the
     /// fields inserted into the file's header room.
     pub(super) received: Vec<u8>,
+    /// A spilled submission's header block and DKIM body hash, fed as its
+    /// blocks are written (issue 9), so signing reads nothing back. `None`
+    /// in memory, for other messages, and once the header block grew past
+    /// its bound.
+    pub(super) hasher: Option<Box<MessageHasher>>,
 }
 
 /// The client's message (after our Received header) as it is before
@@ -217,6 +224,12 @@ fn reserve_counted(buf: &mut Vec<u8>, lease: &mut Lease, total: u64, threshold: 
     // `reserve_exact` may give more than asked: count what was given.
     lease.force_to(buf.capacity() as u64);
     true
+}
+
+/// Feeds `data` to `hasher`; `None` once its header block is past its
+/// bound (the message is then signed from its read-back).
+fn feed(mut hasher: Box<MessageHasher>, data: &[u8]) -> Option<Box<MessageHasher>> {
+    hasher.feed_bounded(data).then_some(hasher)
 }
 
 /// Runs `f` on the blocking pool; a panicked task is an I/O error.
@@ -319,17 +332,41 @@ impl SpoolWriter {
             *l = lease;
             *pending = buffer;
         }
-        let file = blocking(move || {
+        // A submission will likely be signed: hash it as it is written.
+        let hasher = self
+            .envelope
+            .auth_user
+            .is_some()
+            .then(|| Box::new(MessageHasher::new(b"")));
+        let (file, hasher) = blocking(move || {
             let mut f = std::fs::File::create(&path)?;
             f.seek(SeekFrom::Start(HEADER_ROOM))?;
             f.write_all(&data)?;
-            Ok::<_, std::io::Error>(f)
+            let hasher = hasher.and_then(|h| feed(h, data.get(header_len..).unwrap_or_default()));
+            Ok::<_, std::io::Error>((f, hasher))
         })
         .await??;
+        self.hasher = hasher;
         if let Body::File { file: slot, .. } = &mut self.body {
             *slot = Some(file);
         }
         Ok(())
+    }
+
+    /// For a spilled message whose blocks were hashed as they were
+    /// written: the client's header block (ending in CRLF) and the DKIM
+    /// relaxed body hash, after writing what is pending. `None` otherwise
+    /// (read the message back with [`SpoolWriter::readable`]), and after a
+    /// write error.
+    pub async fn take_hashed(&mut self) -> Option<(Vec<u8>, HashOutput)> {
+        if self.failed.is_some() || self.hasher.is_none() {
+            return None;
+        }
+        if let Err(e) = self.flush().await {
+            self.failed = Some(e);
+            return None;
+        }
+        self.hasher.take().map(|h| h.finish())
     }
 
     /// Writes what is pending of a spilled message (one blocking trip).
@@ -344,11 +381,14 @@ impl SpoolWriter {
             return Err(std::io::Error::other("spool file is not open"));
         };
         let data = std::mem::take(pending);
-        let (f, data, result) = blocking(move || {
+        let hasher = self.hasher.take();
+        let (f, data, result, hasher) = blocking(move || {
             let r = f.write_all(&data);
-            (f, data, r)
+            let hasher = hasher.and_then(|h| feed(h, &data));
+            (f, data, r, hasher)
         })
         .await?;
+        self.hasher = hasher;
         if let Body::File { file, pending, .. } = &mut self.body {
             *file = Some(f);
             let mut data = data;
