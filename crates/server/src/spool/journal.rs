@@ -32,8 +32,10 @@
 //! first record that is short, has a bad magic or CRC, or an unreadable row:
 //! that is a torn tail of a batch that was never acknowledged.
 
-use portcullis_store::NewMessage;
+use portcullis_store::{JournalMark, NewMessage};
 use serde::{Deserialize, Serialize};
+
+use crate::spool_ref::SpoolRef;
 
 const MAGIC: &[u8; 4] = b"PCJ1";
 const LIVE: u8 = b'L';
@@ -162,6 +164,43 @@ fn parse(bytes: &[u8], offset: u64) -> Option<Record> {
         end: body_offset.checked_add(body_len)?,
         void,
     })
+}
+
+/// The live records after `mark` in `segments` (id, file, and the name a
+/// queue row uses, oldest first), as queue rows naming their bodies.
+pub(crate) fn replayable(
+    segments: Vec<(u64, std::path::PathBuf, std::path::PathBuf)>,
+    mark: JournalMark,
+) -> std::io::Result<Vec<NewMessage>> {
+    let mut out = Vec::new();
+    for (id, path, name) in segments {
+        let start = if id == mark.segment { mark.position } else { 0 };
+        let bytes = std::fs::read(&path)?;
+        let (records, end) = scan(&bytes, start);
+        // Zeros after the last record are a spare's (spare.rs).
+        let rest = usize::try_from(end)
+            .ok()
+            .and_then(|end| bytes.get(end..))
+            .unwrap_or_default();
+        if !rest.iter().all(|b| *b == 0) {
+            tracing::warn!(
+                path = %path.display(),
+                at = end,
+                "ignoring the end of a spool segment: not a whole record (a write cut short by a crash)"
+            );
+        }
+        for record in records.into_iter().filter(|r| !r.void) {
+            let mut message = record.message;
+            message.spool_path = SpoolRef::Segment {
+                path: name.clone(),
+                offset: record.body_offset,
+                len: record.body_len,
+            }
+            .to_string();
+            out.push(message);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

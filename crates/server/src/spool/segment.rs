@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use portcullis_store::{JournalMark, NewMessage, Store, StoreError};
+use portcullis_store::{JournalMark, Store, StoreError};
 
 use super::spare::Spares;
 use super::writer::blocking;
@@ -157,7 +157,17 @@ impl Segments {
             return Ok(0);
         };
         let dir = self.data_dir.join(SEG_DIR);
-        let messages = blocking(move || replayable(&dir, mark)).await??;
+        let messages = blocking(move || {
+            let mut segments = list(&dir)?;
+            segments.retain(|(id, _)| *id >= mark.segment);
+            segments.sort_unstable();
+            let named = segments
+                .into_iter()
+                .map(|(id, path)| (id, path, Path::new(SEG_DIR).join(segment_name(id))))
+                .collect();
+            super::journal::replayable(named, mark)
+        })
+        .await??;
         let n = store.replay_journal(&messages, done).await?;
         if n > 0 {
             tracing::warn!(
@@ -167,44 +177,6 @@ impl Segments {
         }
         Ok(n)
     }
-}
-
-/// The live records after `mark` in the segments of `dir`, as queue rows
-/// naming their bodies.
-fn replayable(dir: &Path, mark: JournalMark) -> std::io::Result<Vec<NewMessage>> {
-    let mut segments = list(dir)?;
-    segments.retain(|(id, _)| *id >= mark.segment);
-    segments.sort_unstable();
-    let mut out = Vec::new();
-    for (id, path) in segments {
-        let start = if id == mark.segment { mark.position } else { 0 };
-        let bytes = std::fs::read(&path)?;
-        let (records, end) = super::journal::scan(&bytes, start);
-        // Zeros after the last record are a spare's (spare.rs).
-        let rest = usize::try_from(end)
-            .ok()
-            .and_then(|end| bytes.get(end..))
-            .unwrap_or_default();
-        if !rest.iter().all(|b| *b == 0) {
-            tracing::warn!(
-                path = %path.display(),
-                at = end,
-                "ignoring the end of a spool segment: not a whole record (a write cut short by a crash)"
-            );
-        }
-        let name = Path::new(SEG_DIR).join(segment_name(id));
-        for record in records.into_iter().filter(|r| !r.void) {
-            let mut message = record.message;
-            message.spool_path = SpoolRef::Segment {
-                path: name.clone(),
-                offset: record.body_offset,
-                len: record.body_len,
-            }
-            .to_string();
-            out.push(message);
-        }
-    }
-    Ok(out)
 }
 
 /// `<16 hex>.seg` -> id.
