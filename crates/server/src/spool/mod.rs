@@ -133,6 +133,15 @@ impl Spool {
         self.segments.recover(store).await
     }
 
+    /// Tests: the next segment append writes its records, then fails as a
+    /// failed fdatasync would, with `errno` (`None`: an error without one).
+    #[cfg(test)]
+    pub(crate) fn fail_next_segment_sync(&self, errno: Option<i32>) {
+        self.segments
+            .fail_next_sync
+            .store(errno.unwrap_or(-1), std::sync::atomic::Ordering::Release);
+    }
+
     /// Starts a message with our Received header. Nothing touches the disk
     /// until the message outgrows memory (or `memory_threshold` is 0).
     pub async fn begin(&self, envelope: Envelope, origin: Origin) -> SpoolWriter {

@@ -207,3 +207,64 @@ async fn wait_for(ok: impl Fn() -> bool) {
     }
     panic!("condition not met in 5 s");
 }
+
+/// A segment append that wrote its records but whose sync failed: the
+/// session is told to retry (451), and even though the record is intact on
+/// disk, no restart may queue it (the mark is moved past the abandoned
+/// segment, durably). The next message goes to a new segment.
+#[tokio::test]
+async fn a_failed_segment_sync_is_never_replayed() {
+    let f = fixture(256 * 1024, 1024 * 1024).await;
+    let first = message("first", 3);
+    f.accept(&first).await;
+    let after_first = f.store.journal_mark().await.unwrap().unwrap();
+    f.spool.fail_next_segment_sync(None);
+    let mut w = f.spool.begin(envelope(), origin()).await;
+    let refused_id = w.id().to_string();
+    w.write(&message("refused", 3)).await;
+    let outcome = f.spool.commit(w, &f.store, Vec::new()).await;
+    assert!(
+        matches!(outcome, EnqueueOutcome::TemporaryFailure),
+        "{outcome:?}"
+    );
+    assert!(f.store.queue_entry(&refused_id).await.unwrap().is_none());
+    // The record is whole in the old segment, after the first one's mark.
+    let seg = std::fs::read(&f.segments()[0]).unwrap();
+    let (records, _) = super::journal::scan(&seg, after_first.position);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].message.id, refused_id);
+    assert!(!records[0].void);
+    // ...but the mark is past that segment.
+    let mark = f.store.journal_mark().await.unwrap().unwrap();
+    assert!(mark.segment > after_first.segment, "{mark:?}");
+    let mut restarted = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
+    assert_eq!(restarted.recover(&*f.store).await.unwrap(), 0);
+    assert!(f.store.queue_entry(&refused_id).await.unwrap().is_none());
+    // The spool goes on, in a new segment.
+    let next = message("next", 2);
+    let id = f.accept(&next).await;
+    f.check_body(&id, &next).await;
+    assert_ne!(
+        f.data_dir.join(f.body_ref(&id).await.file()),
+        f.segments()[0]
+    );
+}
+
+/// A full disk during the segment append is 452 (RFC 3463 4.3.1, mapped by
+/// the session), not 451, for every message of the batch; nothing queued.
+#[tokio::test]
+async fn a_full_disk_during_the_segment_append_is_insufficient_storage() {
+    let f = fixture(256 * 1024, 1024 * 1024).await;
+    f.spool.fail_next_segment_sync(Some(28)); // ENOSPC
+    let mut w = f.spool.begin(envelope(), origin()).await;
+    w.write(&message("full", 3)).await;
+    let outcome = f.spool.commit(w, &f.store, Vec::new()).await;
+    assert!(
+        matches!(outcome, EnqueueOutcome::InsufficientStorage),
+        "{outcome:?}"
+    );
+    assert!(f.store.list_queue().await.unwrap().is_empty());
+    let again = message("again", 3);
+    let id = f.accept(&again).await;
+    f.check_body(&id, &again).await;
+}

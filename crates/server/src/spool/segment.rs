@@ -81,6 +81,10 @@ pub struct Segments {
     /// A segment takes no more batches once it is this big.
     size: u64,
     spares: Arc<Spares>,
+    /// Tests: the next append writes its records, then fails as a failed
+    /// fdatasync would, with this errno (0: none; -1: no errno).
+    #[cfg(test)]
+    pub(super) fail_next_sync: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Segments {
@@ -100,6 +104,8 @@ impl Segments {
             first_id: newest.map_or(0, |id| id.saturating_add(1)),
             size,
             spares: Arc::new(Spares::open(&dir, size)?),
+            #[cfg(test)]
+            fail_next_sync: Arc::default(),
         })
     }
 
@@ -112,6 +118,8 @@ impl Segments {
             next_id: self.first_id,
             size: self.size,
             spares: Arc::clone(&self.spares),
+            #[cfg(test)]
+            fail_next_sync: Arc::clone(&self.fail_next_sync),
         }
     }
 
@@ -220,6 +228,10 @@ pub(crate) struct SegmentLog {
     next_id: u64,
     size: u64,
     spares: Arc<Spares>,
+    /// Tests: the next append writes its records, then fails as a failed
+    /// fdatasync would, with this errno (0: none; -1: no errno).
+    #[cfg(test)]
+    pub(super) fail_next_sync: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// A record appended by [`SegmentLog::append`].
@@ -269,6 +281,10 @@ impl SegmentLog {
         };
         let dir = self.dir.clone();
         let spares = Arc::clone(&self.spares);
+        #[cfg(test)]
+        let fail = self
+            .fail_next_sync
+            .swap(0, std::sync::atomic::Ordering::AcqRel);
         let result = blocking(move || -> std::io::Result<Active> {
             let mut active = match (current, new_id) {
                 (Some(a), _) => a,
@@ -287,6 +303,12 @@ impl SegmentLog {
                 (None, None) => return Err(std::io::Error::other("no active segment")),
             };
             write_all_vectored(&mut active.file, &records)?;
+            #[cfg(test)]
+            match fail {
+                0 => {}
+                -1 => return Err(std::io::Error::other("injected fdatasync failure")),
+                errno => return Err(std::io::Error::from_raw_os_error(errno)),
+            }
             active.file.sync_data()?;
             if new_id.is_some() {
                 std::fs::File::open(&dir)?.sync_all()?;
