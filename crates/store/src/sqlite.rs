@@ -384,12 +384,37 @@ async fn insert_messages(
             // Fails harmlessly when BEGIN itself failed (no transaction).
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
+        // Only the PRAGMA runs after COMMIT: if the mark of this very batch
+        // is in the database, the batch committed and the error is the
+        // PRAGMA's. Reporting it would make the caller void journal records
+        // whose rows are queued and tell their clients to send them again,
+        // so reset the setting once more and report success if that works.
+        if let (Some(want), false) = (mark, sync)
+            && recorded_mark(conn).await == Some(want)
+        {
+            tracing::warn!(error = %e, "resetting synchronous after an unsynced commit failed; retrying");
+            return sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("committed, but cannot reset synchronous", e));
+        }
         return Err(match rows.as_slice() {
             [(only, _)] => insert_error("enqueue", &only.id, e),
             _ => duplicate_in(conn, &rows, e).await,
         });
     }
     Ok(())
+}
+
+/// The journal mark in the database, as its two columns; `None` if there is
+/// none or it cannot be read.
+async fn recorded_mark(conn: &mut SqliteConnection) -> Option<(i64, i64)> {
+    sqlx::query_as("SELECT segment_id, position FROM journal_mark WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// After a multi-row INSERT into `queue_messages` failed: `AlreadyExists`
