@@ -389,7 +389,9 @@ async fn insert_messages(
         // PRAGMA's. Reporting it would make the caller void journal records
         // whose rows are queued and tell their clients to send them again,
         // so reset the setting once more and report success if that works.
+        let constraint = matches!(&e, sqlx::Error::Database(db) if db.kind() != ErrorKind::Other);
         if let (Some(want), false) = (mark, sync)
+            && !constraint
             && recorded_mark(conn).await == Some(want)
         {
             tracing::warn!(error = %e, "resetting synchronous after an unsynced commit failed; retrying");
