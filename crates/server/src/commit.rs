@@ -171,55 +171,71 @@ async fn commit_batch(
         .iter()
         .map(|p| matches!(p, Payload::File))
         .collect();
-    // Each segment message's journal record: (start, end) once appended.
+    // Each message's journal record: (start, end) once appended. A segment
+    // message's record holds its body; a file message's only its row.
     let mut places: Vec<Option<(u64, u64)>> = vec![None; n];
-    let mut in_segment = Vec::new();
+    let mut journaled = Vec::new();
     let mut records = Vec::new();
     for (i, payload) in payloads.into_iter().enumerate() {
-        if let Payload::Segment(body) = payload {
-            match journal::record_head(&messages[i], &body) {
-                Ok(head) => {
-                    in_segment.push(i);
-                    records.push((head, body));
-                }
-                Err(e) => results[i] = Some(Err(CommitError::Segment(e))),
+        let record = match payload {
+            Payload::Segment(body) => journal::record_head(&messages[i], &body).map(|h| (h, body)),
+            Payload::File => journal::file_record_head(&messages[i]).map(|h| (h, Vec::new())),
+        };
+        match record {
+            Ok(record) => {
+                journaled.push(i);
+                records.push(record);
             }
+            Err(e) => results[i] = Some(Err(CommitError::Segment(e))),
         }
     }
-    // 1. Segment records: one write, one fdatasync.
-    let mut segment = None;
-    if !records.is_empty() {
-        match segments.append(records).await {
-            Ok((id, appended)) => {
-                segment = Some(id);
-                for (i, a) in in_segment.iter().zip(appended) {
-                    messages[*i].spool_path = a.body.to_string();
-                    places[*i] = Some((a.start, a.end));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, messages = in_segment.len(), "segment append failed");
-                for i in &in_segment {
-                    results[*i] = Some(Err(CommitError::Segment(copy_io_error(&e))));
-                }
-                skip_abandoned(store, segments.next_id()).await;
-            }
+    // 1. The records: one write, one fdatasync; 2. at the same time, the
+    // directory entries of the file messages (their fdatasync and rename
+    // were done by the sessions). Both before any row is committed.
+    let append = async {
+        if records.is_empty() {
+            None
+        } else {
+            Some(segments.append(records).await)
         }
-    }
-    // 2. File bodies: their directory entries.
-    if has_files {
+    };
+    let dir_sync = async {
+        if !has_files {
+            return Ok(());
+        }
         let dir = spool_dir.to_path_buf();
-        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
             .await
             .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        if let Err(e) = synced {
-            let files = is_file.iter().filter(|f| **f).count();
-            tracing::error!(error = %e, messages = files, "spool directory fsync failed");
-            for (i, r) in results.iter_mut().enumerate() {
-                if is_file[i] {
-                    *r = Some(Err(CommitError::Directory(copy_io_error(&e))));
+            .and_then(|r| r)
+    };
+    let (appended, synced) = tokio::join!(append, dir_sync);
+    let mut segment = None;
+    match appended {
+        None => {}
+        Some(Ok((id, appended))) => {
+            segment = Some(id);
+            for (i, a) in journaled.iter().zip(appended) {
+                if !is_file[*i] {
+                    messages[*i].spool_path = a.body.to_string();
                 }
+                places[*i] = Some((a.start, a.end));
+            }
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, messages = journaled.len(), "segment append failed");
+            for i in &journaled {
+                results[*i] = Some(Err(CommitError::Segment(copy_io_error(&e))));
+            }
+            skip_abandoned(store, segments.next_id()).await;
+        }
+    }
+    if let Err(e) = synced {
+        let files = is_file.iter().filter(|f| **f).count();
+        tracing::error!(error = %e, messages = files, "spool directory fsync failed");
+        for (i, r) in results.iter_mut().enumerate() {
+            if is_file[i] && r.is_none() {
+                *r = Some(Err(CommitError::Directory(copy_io_error(&e))));
             }
         }
     }
@@ -232,13 +248,20 @@ async fn commit_batch(
         let subset: Vec<NewMessage> = ready.iter().map(|i| messages[*i].clone()).collect();
         enqueue(store, &subset, &ready_places, segment).await
     };
-    // 4. Records whose rows were not committed must never be replayed.
-    let failed: Vec<u64> = ready
+    // 4. Records whose rows were not committed must never be replayed:
+    // those whose commit failed, and those of file messages whose
+    // directory fsync failed.
+    let mut failed: Vec<u64> = ready
         .iter()
         .zip(&committed)
         .filter(|(_, r)| r.is_err())
         .filter_map(|(i, _)| places[*i].map(|(start, _)| start))
         .collect();
+    failed.extend(
+        (0..n)
+            .filter(|i| matches!(results[*i], Some(Err(CommitError::Directory(_)))))
+            .filter_map(|i| places[i].map(|(start, _)| start)),
+    );
     if !failed.is_empty()
         && let Err(e) = segments.void(failed).await
     {

@@ -895,6 +895,13 @@ pub trait Store: Send + Sync + 'static {
         sync: bool,
     ) -> Result<()>;
 
+    /// Makes every commit made so far durable, also those of
+    /// [`Store::enqueue_journaled`] without `sync`: one synced write of the
+    /// journal mark (its value unchanged). Nothing to do, and `Ok`, when
+    /// no mark was ever recorded. For callers about to remove journal
+    /// records whose rows might not be durable yet (the spool's sweeper).
+    async fn sync_commits(&self) -> Result<()>;
+
     /// The last mark recorded by [`Store::enqueue_journaled`] or
     /// [`Store::replay_journal`] that is in the database; `None` if none
     /// ever was.

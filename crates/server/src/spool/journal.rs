@@ -16,7 +16,7 @@
 //! | 4 | row length |
 //! | 8 | body length |
 //! | row length | the queue row as JSON ([`Row`]) |
-//! | body length | the message, byte for byte (what `spool_path` names) |
+//! | body length | the message, byte for byte (what `spool_path` names); empty for a message with its own file, whose path the row then carries |
 //!
 //! How much of the journal the database holds is its journal mark
 //! ([`portcullis_store::JournalMark`], the end of the last record whose row
@@ -62,11 +62,31 @@ struct Row {
     client_ip: String,
     received_at: i64,
     usage_ms: Vec<i64>,
+    /// A message with its own file (spilled: its body is not in the
+    /// record, which is empty): where that file is. Absent for a message
+    /// whose body is the record's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
 }
 
 /// The header and row of `message`'s record; its body follows it.
 pub(crate) fn record_head(message: &NewMessage, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    encode_head(message, body, None)
+}
+
+/// The record of a message whose body is its own file, already durable at
+/// `message.spool_path`: the row alone, with an empty body.
+pub(crate) fn file_record_head(message: &NewMessage) -> std::io::Result<Vec<u8>> {
+    encode_head(message, b"", Some(message.spool_path.clone()))
+}
+
+fn encode_head(
+    message: &NewMessage,
+    body: &[u8],
+    file: Option<String>,
+) -> std::io::Result<Vec<u8>> {
     let row = serde_json::to_vec(&Row {
+        file,
         id: message.id.clone(),
         sender: message.sender.clone(),
         recipients: message.recipients.clone(),
@@ -96,7 +116,8 @@ pub(crate) fn record_head(message: &NewMessage, body: &[u8]) -> std::io::Result<
 /// A record found by [`scan`].
 #[derive(Debug)]
 pub(crate) struct Record {
-    /// The row; `spool_path` is empty (the caller names the body).
+    /// The row; `spool_path` is the message's own file, or empty when the
+    /// body is the record's (the caller names it).
     pub message: NewMessage,
     /// Where the body starts in the segment, and its length.
     pub body_offset: u64,
@@ -153,7 +174,7 @@ fn parse(bytes: &[u8], offset: u64) -> Option<Record> {
             sender: row.sender,
             recipients: row.recipients,
             size: row.size,
-            spool_path: String::new(),
+            spool_path: row.file.unwrap_or_default(),
             auth_user: row.auth_user,
             client_ip: row.client_ip,
             received_at: row.received_at,
@@ -191,12 +212,14 @@ pub(crate) fn replayable(
         }
         for record in records.into_iter().filter(|r| !r.void) {
             let mut message = record.message;
-            message.spool_path = SpoolRef::Segment {
-                path: name.clone(),
-                offset: record.body_offset,
-                len: record.body_len,
+            if message.spool_path.is_empty() {
+                message.spool_path = SpoolRef::Segment {
+                    path: name.clone(),
+                    offset: record.body_offset,
+                    len: record.body_len,
+                }
+                .to_string();
             }
-            .to_string();
             out.push(message);
         }
     }
@@ -249,6 +272,24 @@ mod tests {
         // From the middle: only what follows.
         let (rest, _) = scan(&seg, records[0].end);
         assert_eq!(rest.len(), 2);
+    }
+
+    #[test]
+    fn a_file_record_carries_its_path_and_no_body() {
+        let mut m = message("F");
+        m.spool_path = "spool/F.eml#4096+7".into();
+        let mut seg = file_record_head(&m).unwrap();
+        seg.extend(record("S", b"seg body\r\n"));
+        let (records, end) = scan(&seg, 0);
+        assert_eq!(end, seg.len() as u64);
+        assert_eq!(records[0].message.spool_path, "spool/F.eml#4096+7");
+        assert_eq!(records[0].body_len, 0);
+        assert_eq!(
+            records[1].message.spool_path, "",
+            "the body is the record's"
+        );
+        // A record written before file records existed reads the same.
+        assert!(!String::from_utf8_lossy(&record("S", b"x")).contains("\"file\""));
     }
 
     #[test]

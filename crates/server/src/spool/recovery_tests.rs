@@ -268,3 +268,28 @@ async fn a_full_disk_during_the_segment_append_is_insufficient_storage() {
     let id = f.accept(&again).await;
     f.check_body(&id, &again).await;
 }
+
+/// A spilled message's row is journaled too (a record without a body that
+/// names its file), so its batch commits unsynced as well, and a lost row
+/// comes back naming the same file.
+#[tokio::test]
+async fn a_spilled_messages_lost_row_is_queued_again() {
+    let f = fixture(4096, 1024 * 1024).await;
+    let first = message("first", 100);
+    let a = f.accept(&first).await;
+    assert!(!f.body_ref(&a).await.is_segment(), "spilled");
+    let after_a = f.store.journal_mark().await.unwrap().unwrap();
+    let big = message("big", 500);
+    let b = f.accept(&big).await;
+    assert!(
+        f.store.journal_mark().await.unwrap().unwrap() > after_a,
+        "a file-only batch records its mark"
+    );
+    let before = f.store.list_queue().await.unwrap();
+    lose_rows_after(&f, after_a, &[&b]).await;
+    let mut restarted = Spool::open(&f.data_dir, &SpoolConfig::defaults()).unwrap();
+    assert_eq!(restarted.recover(&*f.store).await.unwrap(), 1);
+    assert_eq!(f.store.list_queue().await.unwrap(), before);
+    f.check_body(&a, &first).await;
+    f.check_body(&b, &big).await;
+}

@@ -466,6 +466,13 @@ impl Sweeper {
             .map(|(_, path)| path)
             .collect();
         let doomed_emls: Vec<PathBuf> = emls.into_iter().filter(|p| !live.contains(p)).collect();
+        // A segment no live row names may still hold the journal records
+        // of file messages (their rows name their own files) whose unsynced
+        // commits are not durable yet: make them durable before the records
+        // go (issue 9, journal.rs).
+        if !doomed_segments.is_empty() {
+            store.sync_commits().await?;
+        }
         let report = SweepReport {
             segments: doomed_segments.len(),
             orphans: doomed_emls.len(),

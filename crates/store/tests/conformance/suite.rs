@@ -3543,6 +3543,12 @@ pub async fn suite_journal(store: Arc<dyn Store>) {
     use portcullis_store::JournalMark;
     let mark = |segment, position| JournalMark { segment, position };
     assert_eq!(store.journal_mark().await.unwrap(), None);
+    store.sync_commits().await.unwrap();
+    assert_eq!(
+        store.journal_mark().await.unwrap(),
+        None,
+        "sync adds no mark"
+    );
 
     // Unsynced and synced journaled batches record rows and mark together.
     let first = vec![
@@ -3554,6 +3560,13 @@ pub async fn suite_journal(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(store.journal_mark().await.unwrap(), Some(mark(7, 100)));
+    store.sync_commits().await.unwrap();
+    assert_eq!(
+        store.journal_mark().await.unwrap(),
+        Some(mark(7, 100)),
+        "unchanged"
+    );
+    assert_eq!(store.list_queue().await.unwrap().len(), 2);
     let second = vec![message("J3", "a@example.com", &["z@example.net"], 2)];
     store
         .enqueue_journaled(&second, mark(7, 200), true)
