@@ -84,10 +84,22 @@ pub(crate) async fn prepare_submission(
             // The write error is reported by commit.
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || {
-            sign::sign_message(message, &prefix, &sign_domain, keys)
-        })
-        .await
+        match message {
+            // Held in memory (at most `[spool] memory_threshold`): hash
+            // and sign right here, about 0.3 ms with RSA-2048. A trip to
+            // the blocking pool costs two thread wake-ups, and on this
+            // 2-core VM signing inline measured +17% (b) and +5-10% (a)
+            // throughput in alternating pairs, at less CPU (issue 9).
+            small @ crate::spool::Readable::Memory(_) => {
+                Ok(sign::sign_message(small, &prefix, &sign_domain, keys))
+            }
+            file => {
+                tokio::task::spawn_blocking(move || {
+                    sign::sign_message(file, &prefix, &sign_domain, keys)
+                })
+                .await
+            }
+        }
     };
     match signed {
         Ok(Ok(mut headers)) => {
