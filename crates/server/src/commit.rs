@@ -8,18 +8,22 @@
 //! into `spool/` itself, work that is per message anyway and runs in
 //! parallel). The committer task takes every request that is waiting (up to
 //! [`MAX_BATCH`]) and, in this order:
-//! 1. appends the batch's in-memory messages to the active segment as
-//!    journal records (each body with its queue row, see
-//!    [`crate::spool::journal`]) with one write and one fdatasync (and an
-//!    fsync of `spool/seg/` when the segment is new), and sets each row's
-//!    `spool_path` to its body's range;
-//! 2. fsyncs `spool/` once, if the batch has file messages;
+//! 1. appends every message of the batch to the active segment as a
+//!    journal record ([`crate::spool::journal`]: a small message's body
+//!    with its queue row; a big message's row alone, naming its file) with
+//!    one write and one fdatasync (and an fsync of `spool/seg/` when the
+//!    segment is new), and sets each small message's `spool_path` to its
+//!    body's range;
+//! 2. at the same time, fsyncs `spool/` once if the batch has file
+//!    messages;
 //! 3. records every row whose body is durable with one transaction that
-//!    also records the journal mark. When every row of the batch is in the
-//!    journal, that commit is not synced: the segment's fdatasync already
-//!    made the rows durable, and start-up replays any the database lost.
-//!    A batch with file messages is synced (their rows are in no journal);
-//! 4. voids, durably, the journal records of rows that failed to commit.
+//!    also records the journal mark. A row in the journal needs no sync of
+//!    its own: the segment's fdatasync already made it durable, and
+//!    start-up replays any the database lost, so the commit is not synced
+//!    (a row without a record would make it synced; every ready row has
+//!    one);
+//! 4. voids, durably, the journal records of rows that failed to commit
+//!    (and of file messages whose directory fsync failed).
 //!
 //! and only then answers each session. While one batch commits, the next
 //! one gathers, so there is no timer and a lone session pays no added
@@ -166,11 +170,11 @@ async fn commit_batch(
 ) -> Vec<Result<(), CommitError>> {
     let n = messages.len();
     let mut results: Vec<Option<Result<(), CommitError>>> = (0..n).map(|_| None).collect();
-    let has_files = payloads.iter().any(|p| matches!(p, Payload::File));
     let is_file: Vec<bool> = payloads
         .iter()
         .map(|p| matches!(p, Payload::File))
         .collect();
+    let has_files = is_file.contains(&true);
     // Each message's journal record: (start, end) once appended. A segment
     // message's record holds its body; a file message's only its row.
     let mut places: Vec<Option<(u64, u64)>> = vec![None; n];

@@ -124,6 +124,26 @@ async fn session_sized(server: Arc<Server>, n: usize, gates: Arc<Gates>, filler:
     answer
 }
 
+/// Runs [`SESSIONS`] sessions whose bodies are all sent at once (so the
+/// commits overlap); every one must be queued. Returns the queue ids.
+async fn all_queued(f: &Fixture) -> Vec<String> {
+    let gates = gates();
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|n| tokio::spawn(session(Arc::clone(&f.server), n, Arc::clone(&gates))))
+        .collect();
+    wait(&gates.ready).await;
+    wait(&gates.go).await;
+    let mut ids = Vec::new();
+    for t in tasks {
+        let answer = t.await.unwrap();
+        let id = answer
+            .strip_prefix("250 2.0.0 Ok: queued as ")
+            .unwrap_or_else(|| panic!("expected 250, got {answer}"));
+        ids.push(id.to_owned());
+    }
+    ids
+}
+
 /// The test's side of a gate; a session that failed early never arrives.
 async fn wait(gate: &Barrier) {
     tokio::time::timeout(Duration::from_secs(60), gate.wait())
@@ -157,21 +177,7 @@ async fn bodies(f: &Fixture) -> Vec<(SpoolRef, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_sessions_all_queued() {
     let f = fixture().await;
-    let gates = gates();
-    let tasks: Vec<_> = (0..SESSIONS)
-        .map(|n| tokio::spawn(session(Arc::clone(&f.server), n, Arc::clone(&gates))))
-        .collect();
-    // Every body is sent at once, so the commits overlap.
-    wait(&gates.ready).await;
-    wait(&gates.go).await;
-    let mut ids = Vec::new();
-    for t in tasks {
-        let answer = t.await.unwrap();
-        let id = answer
-            .strip_prefix("250 2.0.0 Ok: queued as ")
-            .unwrap_or_else(|| panic!("expected 250, got {answer}"));
-        ids.push(id.to_owned());
-    }
+    let mut ids = all_queued(&f).await;
     let mut queued: Vec<String> = f
         .store
         .list_queue()
@@ -279,25 +285,7 @@ async fn server_start_queues_again_rows_lost_in_a_crash() {
     use portcullis_store::JournalMark;
     let f = fixture().await;
     let mark_before: JournalMark = f.store.journal_mark().await.unwrap().unwrap();
-    let g = gates();
-    let mut tasks = Vec::new();
-    for n in 0..SESSIONS {
-        tasks.push(tokio::spawn(session(
-            Arc::clone(&f.server),
-            n,
-            Arc::clone(&g),
-        )));
-    }
-    wait(&g.ready).await;
-    wait(&g.go).await;
-    let mut ids = Vec::new();
-    for t in tasks {
-        let answer = t.await.unwrap();
-        let id = answer
-            .strip_prefix("250 2.0.0 Ok: queued as ")
-            .unwrap_or_else(|| panic!("expected 250, got {answer}"));
-        ids.push(id.to_owned());
-    }
+    let ids = all_queued(&f).await;
     let before = f.store.list_queue().await.unwrap();
     let bodies_before = bodies(&f).await;
     assert!(f.store.journal_mark().await.unwrap().unwrap() > mark_before);
