@@ -206,6 +206,12 @@ async fn sqlite_auth_events() {
 }
 
 #[tokio::test]
+async fn sqlite_auth_events_big_batch() {
+    let (_dir, store) = fresh().await;
+    suite_auth_events_big_batch(store).await;
+}
+
+#[tokio::test]
 async fn sqlite_bans() {
     let (_dir, store) = fresh().await;
     suite_bans(store).await;

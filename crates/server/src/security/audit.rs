@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_store::{AuthEvent, Store};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -134,24 +133,30 @@ async fn flush(store: &Arc<dyn Store>, mail_log: Option<&Path>, batch: &mut Vec<
 }
 
 async fn append_lines(path: &Path, batch: &[AuthEvent]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        tokio::fs::create_dir_all(dir).await?;
-    }
     let mut text = String::with_capacity(batch.len() * 200);
     for ev in batch {
         text.push_str(&mail_log_line(ev));
         text.push('\n');
     }
-    // Opened per batch: log rotation (move + create) needs no signal.
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await?;
-    file.write_all(text.as_bytes()).await?;
-    file.flush().await
+    let path = path.to_path_buf();
+    // One trip to the blocking pool for the directory, the open and the
+    // write (through `tokio::fs` they were three, issue 9).
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Opened per batch: log rotation (move + create) needs no signal.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(text.as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Percent-encodes everything but printable ASCII other than `%` and `=`.

@@ -1603,6 +1603,32 @@ pub async fn suite_account_security(store: Arc<dyn Store>) {
     );
 }
 
+/// A batch bigger than one INSERT statement's rows (the SQLite store sends
+/// 100 rows a statement): every event is recorded, in order, field by field.
+pub async fn suite_auth_events_big_batch(store: Arc<dyn Store>) {
+    let events: Vec<AuthEvent> = (0..250)
+        .map(|i| {
+            let mut e = auth_event(
+                10_000 + i / 2,
+                &format!("user{i}@example.com"),
+                "192.0.2.1",
+                i % 3 == 0,
+                "ok",
+            );
+            e.credential = (i % 2 == 0).then(|| format!("app:{i}"));
+            e
+        })
+        .collect();
+    store.record_auth_events(&events).await.unwrap();
+    let all = store
+        .auth_events(&AuthEventFilter::default())
+        .await
+        .unwrap();
+    // Newest first; within a millisecond the later recorded first.
+    let expected: Vec<AuthEvent> = events.iter().rev().cloned().collect();
+    assert_eq!(all, expected);
+}
+
 /// record_auth_events / auth_events / prune_auth_events: filters, order,
 /// limits, stored-as-given user, pruning.
 pub async fn suite_auth_events(store: Arc<dyn Store>) {
