@@ -4,7 +4,7 @@
 # each round so drift hits both alike.
 #
 #   bench/postfix-vs-portcullis.sh [ROUNDS]          (default 3)
-#   SCENARIOS="a a_nodkim a_nolimits b_app b_argon b_sha c d d_noverify e f" ...
+#   SCENARIOS="a a_nodkim a_nolimits b_app b_nodkim b_argon b_sha c c_nodkim d d_noverify e f" ...
 #                                                    (subset; default all)
 #   BIN_DIR=target/release                           (portcullis, portcullis-load)
 #   OUT=bench-results.md                             (markdown table appended)
@@ -31,6 +31,8 @@
 #   a_nodkim    (a) from an account whose domain has no DKIM keys: no signing
 #               (in a, b_*, c every message gets an Ed25519 and an RSA-2048
 #               signature)
+#   b_nodkim    b_app from that account: no signing
+#   c_nodkim    (c) from that account: no signing (no body hash either)
 #   a_nolimits  (a) with [usage] enforce = false: no plan limits
 #   d_noverify  (d) with [inbound] verify = false: no SPF/DKIM/DMARC checks
 #               (Postfix here does none of them)
@@ -42,7 +44,7 @@
 # the system under test, from /proc. Every loop is bounded. Not run by CI.
 set -euo pipefail
 ROUNDS=${1:-3}
-SCENARIOS=${SCENARIOS:-"a a_nodkim a_nolimits b_app b_argon b_sha c d d_noverify e f"}
+SCENARIOS=${SCENARIOS:-"a a_nodkim a_nolimits b_app b_nodkim b_argon b_sha c c_nodkim d d_noverify e f"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 PORTCULLIS="$BIN_DIR/portcullis"; LOAD="$BIN_DIR/portcullis-load"
@@ -287,7 +289,7 @@ PY
 
 # --- one measured run ------------------------------------------------------
 # load_run SYSTEM SCENARIO -> prints "msgs_per_s cpu_us_per_msg ok failed"
-# (SCENARIO a_nodkim, a_nolimits, d_noverify: Portcullis only)
+# (SCENARIO a_nodkim, a_nolimits, b_nodkim, c_nodkim, d_noverify: Portcullis only)
 load_run() {
     local sys=$1 sc=$2 port tls user pass args pids conf=$PT/inbound.toml
     local common=(--insecure --json --timeout 60s)
@@ -306,14 +308,14 @@ load_run() {
     local auth_pass=$PASS auth_user=bench@example.com from=bench@example.com
     case $sc in
         a|a_nodkim|a_nolimits) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 100 --size 2k) ;;
-        b_app|b_argon|b_sha) args=(--addr "127.0.0.1:$sub" --tls starttls -c 8 -n 25 --per-conn 1 --size 2k) ;;
-        c) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 20 --size 1m) ;;
+        b_app|b_nodkim|b_argon|b_sha) args=(--addr "127.0.0.1:$sub" --tls starttls -c 8 -n 25 --per-conn 1 --size 2k) ;;
+        c|c_nodkim) args=(--addr "127.0.0.1:$sub" --tls starttls -c 4 -n 20 --size 1m) ;;
         d|d_noverify) args=(--addr "127.0.0.1:$smtp" --tls none -c 4 -n 100 --size 2k --from sender@example.net --to-domain local.test) ;;
     esac
     case $sc in
         b_app) [[ $sys == portcullis ]] && auth_pass=$APP_PASS ;;
         a|a_nolimits|c|b_sha) if [[ $sys == postfix ]]; then auth_user=sha@example.com; auth_pass=$SHA_PASS; else auth_pass=$APP_PASS; fi ;;
-        a_nodkim) auth_user=bench2@nodkim.example; auth_pass=$APP_PASS2; from=$auth_user ;;
+        a_nodkim|b_nodkim|c_nodkim) auth_user=bench2@nodkim.example; auth_pass=$APP_PASS2; from=$auth_user ;;
     esac
     # --from is the envelope and the header From: (DKIM signs by the latter).
     case $sc in
@@ -468,8 +470,8 @@ preflight
 # A cost variant runs next to its base scenario's Portcullis run; the whole
 # group's order is reversed every other round (Postfix first in odd rounds),
 # so a linear drift hits each run of a group alike over two rounds.
-base_of() { case $1 in a_nodkim|a_nolimits) echo a ;; d_noverify) echo d ;; *) echo "$1" ;; esac; }
-variants_of() { case $1 in a) echo "a_nodkim a_nolimits" ;; d) echo "d_noverify" ;; esac; }
+base_of() { case $1 in a_nodkim|a_nolimits) echo a ;; b_nodkim) echo b_app ;; c_nodkim) echo c ;; d_noverify) echo d ;; *) echo "$1" ;; esac; }
+variants_of() { case $1 in a) echo "a_nodkim a_nolimits" ;; b_app) echo "b_nodkim" ;; c) echo "c_nodkim" ;; d) echo "d_noverify" ;; esac; }
 listed() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 RUN_GROUPS=""
 for sc in $SCENARIOS; do
@@ -539,6 +541,8 @@ for sc in ["a", "b_app", "b_argon", "b_sha", "c", "d", "e"]:
         met += " (CPU " + ("yes" if cq <= 300 else "**no**") + ", target <= 300 us)"
     lines.append(f"| {desc[sc]} | {mp:.1f} | {mq:.1f} | {ratio:.2f}x{' vs b_sha' if sc == 'b_app' else ''} | {t} | {met} | {cp:.0f} us | {cq:.0f} us |")
 costs = [("a_nodkim", "a", "(a) DKIM signing (Ed25519 + RSA-2048 signature per message) on vs off"),
+         ("b_nodkim", "b_app", "(b) app password: DKIM signing on vs off"),
+         ("c_nodkim", "c", "(c) DKIM signing (body hash of 1 MiB + both signatures) on vs off"),
          ("a_nolimits", "a", "(a) plan limits (`[usage] enforce`) on vs off"),
          ("d_noverify", "d", "(d) inbound SPF/DKIM/DMARC verification (`[inbound] verify`) on vs off; Postfix does none")]
 cost_lines = []

@@ -330,6 +330,16 @@ impl Driver {
                         h.push(&data);
                     }
                     if let Some(w) = &mut self.spool {
+                        // A submission about to spill is hashed for DKIM as
+                        // it is written, unless it will not be signed.
+                        if let Some(h) = &self.headers
+                            && h.done
+                            && w.stream_hash()
+                            && w.would_spill(data.len())
+                            && !crate::mail_auth::will_sign(&self.shared.directory, &h.buf).await
+                        {
+                            w.skip_stream_hash();
+                        }
                         w.write(&data).await;
                     }
                 }

@@ -241,6 +241,12 @@ impl Server {
         self.shared.tls.cert_path().to_path_buf()
     }
 
+    /// Spilled submissions hashed for DKIM as they were written, since
+    /// start ([`crate::spool::Spool::hashed_spills`]).
+    pub fn hashed_spills(&self) -> u64 {
+        self.shared.spool.hashed_spills()
+    }
+
     /// The TLS reload handle (wire it to SIGHUP).
     pub fn reloader(&self) -> TlsReloader {
         TlsReloader {

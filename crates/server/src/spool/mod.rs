@@ -65,6 +65,9 @@ pub struct Spool {
     /// Group commit of segment appends, directory fsyncs and queue rows
     /// (issue 9), started with the store of the first commit.
     committer: std::sync::OnceLock<Committer>,
+    /// Committed spilled messages that were hashed for DKIM as they were
+    /// written (see [`Spool::hashed_spills`]).
+    hashed_spills: std::sync::atomic::AtomicU64,
 }
 
 /// Facts about the connection recorded with the message.
@@ -122,6 +125,7 @@ impl Spool {
             budget: MemoryBudget::new(config.memory_budget),
             threshold: config.memory_threshold,
             committer: std::sync::OnceLock::new(),
+            hashed_spills: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -147,6 +151,7 @@ impl Spool {
     pub async fn begin(&self, envelope: Envelope, origin: Origin) -> SpoolWriter {
         let id = new_queue_id();
         let header = received_header(&id, &envelope, &origin);
+        let envelope_is_submission = envelope.auth_user.is_some();
         let mut writer = SpoolWriter {
             spill_path: self.incoming.join(&id),
             id,
@@ -163,6 +168,8 @@ impl Spool {
             threshold: self.threshold,
             received: Vec::new(),
             hasher: None,
+            stream_hash: envelope_is_submission,
+            hashed_spill: false,
         };
         writer.write(header.as_bytes()).await;
         writer
@@ -176,6 +183,10 @@ impl Spool {
         store: &Arc<dyn Store>,
         usage_ms: Vec<i64>,
     ) -> EnqueueOutcome {
+        if w.hashed_spill {
+            self.hashed_spills
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(e) = w.failed.take() {
             tracing::error!(error = %e, "spool write failed");
             self.discard_body(&w.body).await;
@@ -302,6 +313,14 @@ impl Spool {
     /// The segment sweeper of this spool (run it with the store).
     pub fn sweeper(&self) -> segment::Sweeper {
         self.segments.sweeper()
+    }
+
+    /// Spilled submissions committed since start that were hashed for DKIM
+    /// as they were written (issue 9): those whose From: domain has an
+    /// active key, and those that spilled before their header block ended.
+    pub fn hashed_spills(&self) -> u64 {
+        self.hashed_spills
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Octets of message bodies held in memory now, by all sessions.

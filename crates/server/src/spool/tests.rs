@@ -484,3 +484,46 @@ async fn sweeper_keeps_referenced_and_active_segments_only() {
     let again = f.spool.sweeper().sweep(&*f.store).await.unwrap();
     assert_eq!((again.segments, again.orphans), (0, 0));
 }
+
+/// A spilled submission is hashed for DKIM as it is written, unless the
+/// session said it will not be signed (issue 9): before the spill nothing
+/// is hashed, after it the hash is dropped. Inbound mail is never hashed.
+#[tokio::test]
+async fn a_submission_that_will_not_be_signed_is_not_hashed() {
+    let f = fixture(4096, 1 << 20).await;
+    let mut submission = envelope();
+    submission.auth_user = Some("ann@example.com".into());
+    let m = message("big", 200);
+
+    let mut w = f.spool.begin(submission.clone(), origin()).await;
+    assert!(w.stream_hash());
+    assert!(!w.would_spill(10));
+    assert!(w.would_spill(m.len()));
+    for chunk in m.chunks(1000) {
+        w.write(chunk).await;
+    }
+    assert!(!w.in_memory());
+    assert!(!w.would_spill(1), "already spilled");
+    assert!(w.take_hashed().await.is_some());
+
+    for skip_after_spill in [false, true] {
+        let mut w = f.spool.begin(submission.clone(), origin()).await;
+        if !skip_after_spill {
+            w.skip_stream_hash();
+        }
+        for chunk in m.chunks(1000) {
+            w.write(chunk).await;
+        }
+        if skip_after_spill {
+            w.skip_stream_hash();
+        }
+        assert!(!w.in_memory());
+        assert!(w.take_hashed().await.is_none());
+        // Read back whole instead (signing falls back to it).
+        let back = w.readable().await.unwrap().read_all().await.unwrap();
+        assert_eq!(back, m);
+    }
+
+    let w = f.spool.begin(envelope(), origin()).await;
+    assert!(!w.stream_hash(), "inbound mail is not signed");
+}
