@@ -169,7 +169,6 @@ impl Spool {
             received: Vec::new(),
             hasher: None,
             stream_hash: envelope_is_submission,
-            hashed_spill: false,
         };
         writer.write(header.as_bytes()).await;
         writer
@@ -183,7 +182,7 @@ impl Spool {
         store: &Arc<dyn Store>,
         usage_ms: Vec<i64>,
     ) -> EnqueueOutcome {
-        if w.hashed_spill {
+        if w.hashed_spill() {
             self.hashed_spills
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -164,8 +164,6 @@ pub struct SpoolWriter {
     /// Whether a spill starts `hasher`: for submissions, until the session
     /// learns the message will not be signed ([`SpoolWriter::skip_stream_hash`]).
     pub(super) stream_hash: bool,
-    /// The message spilled with `hasher` running (not skipped since).
-    pub(super) hashed_spill: bool,
 }
 
 /// The client's message (after our Received header) as it is before
@@ -279,7 +277,12 @@ impl SpoolWriter {
     pub fn skip_stream_hash(&mut self) {
         self.stream_hash = false;
         self.hasher = None;
-        self.hashed_spill = false;
+    }
+
+    /// Whether the message spilled with the streaming hash started (and
+    /// not skipped since).
+    pub(super) fn hashed_spill(&self) -> bool {
+        self.stream_hash && !self.in_memory()
     }
 
     /// Appends content; the first error is kept and reported at commit.
@@ -368,7 +371,6 @@ impl SpoolWriter {
             Ok::<_, std::io::Error>((f, hasher))
         })
         .await??;
-        self.hashed_spill = hasher.is_some();
         self.hasher = hasher;
         if let Body::File { file: slot, .. } = &mut self.body {
             *slot = Some(file);
