@@ -27,6 +27,20 @@ const READ_BUF_START: usize = 2 * 1024;
 /// Largest read buffer (one TLS record of plaintext).
 const READ_BUF_MAX: usize = 16 * 1024;
 
+/// The buffer for the next read: the one the last read left, grown while
+/// reads filled it, unless the session now waits for a command. Between
+/// messages (and while idle) a session holds [`READ_BUF_START`] octets,
+/// not the [`READ_BUF_MAX`] its last message's reads grew to (issue 9: a
+/// session idle after a 256 KiB message held 45 KiB, 14 KiB after a small
+/// one).
+fn read_buffer(last: Vec<u8>, in_message: bool) -> Vec<u8> {
+    if last.is_empty() || (!in_message && last.len() > READ_BUF_START) {
+        vec![0; READ_BUF_START]
+    } else {
+        last
+    }
+}
+
 /// A byte stream a session can run on: TCP, TLS over TCP, or an in-memory duplex in tests.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -483,10 +497,7 @@ impl Driver {
         // Issue 9: a 16 KiB array here lived in every connection's future,
         // idle or not. The buffer starts small and grows while reads fill it
         // (message bodies), so an idle session holds 2 KiB.
-        let mut buf = std::mem::take(&mut self.rbuf);
-        if buf.is_empty() {
-            buf = vec![0; READ_BUF_START];
-        }
+        let mut buf = read_buffer(std::mem::take(&mut self.rbuf), session.in_message());
         let idle = self.listener.idle_timeout;
         let deadline = self.deadline;
         let Some(io) = self.io.as_mut() else {
@@ -638,7 +649,25 @@ async fn check_recipient(
 
 #[cfg(test)]
 mod tests {
-    use super::HeaderCapture;
+    use super::{HeaderCapture, READ_BUF_MAX, READ_BUF_START, read_buffer};
+
+    #[test]
+    fn read_buffer_keeps_its_size_only_inside_a_message() {
+        assert_eq!(read_buffer(Vec::new(), false).len(), READ_BUF_START);
+        assert_eq!(read_buffer(Vec::new(), true).len(), READ_BUF_START);
+        let grown = vec![7u8; READ_BUF_MAX];
+        assert_eq!(read_buffer(grown.clone(), true).len(), READ_BUF_MAX);
+        let idle = read_buffer(grown, false);
+        assert_eq!(idle.len(), READ_BUF_START);
+        assert!(
+            idle.capacity() < READ_BUF_MAX,
+            "the big allocation is freed"
+        );
+        assert_eq!(
+            read_buffer(vec![1u8; READ_BUF_START], false),
+            vec![1u8; READ_BUF_START]
+        );
+    }
 
     #[test]
     fn header_capture_stops_at_the_blank_line_across_chunks() {

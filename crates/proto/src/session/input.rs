@@ -2,6 +2,10 @@
 //! (RFC 5321 2.3.8); a bare LF stays inside the line so the parser can refuse it.
 //! Over-long lines are discarded up to their CRLF, then reported once.
 
+/// Most memory a drained buffer keeps between commands: enough for a
+/// pipelined group of commands, far less than a message's reads.
+const IDLE_CAPACITY: usize = 1024;
+
 #[derive(Debug, Default)]
 pub(super) struct InputBuffer {
     buf: Vec<u8>,
@@ -26,6 +30,22 @@ impl InputBuffer {
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Frees the buffer's memory when everything in it was consumed and it
+    /// grew past [`IDLE_CAPACITY`]: called while the session waits for a
+    /// command, so a session that sent a big message and then idles does
+    /// not hold on to the room its last reads needed (issue 9).
+    pub(super) fn release_if_drained(&mut self) {
+        if self.start == self.buf.len() && self.buf.capacity() > IDLE_CAPACITY {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     pub(super) fn clear(&mut self) {

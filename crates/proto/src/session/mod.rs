@@ -447,7 +447,16 @@ impl Session {
             }
             return Action::Close;
         }
+        if !self.in_message() {
+            self.input.release_if_drained();
+        }
         Action::NeedInput
+    }
+
+    /// The input buffer's allocated size, for tests of its release.
+    #[cfg(test)]
+    fn input_capacity(&self) -> usize {
+        self.input.capacity()
     }
 
     /// Queues a reply, counting failures against the error budget.

@@ -1039,6 +1039,47 @@ fn data_normal_message_is_queued() {
     assert_eq!(d.messages[1].content, b"");
 }
 
+/// Issue 9: a session that received a big message and then waits for its
+/// next command holds no more input buffer than one that sent nothing.
+#[test]
+fn input_buffer_is_released_after_a_big_message() {
+    let mut d = mx_ready();
+    d.session.cfg.max_message_size = 1 << 20;
+    assert_eq!(d.say("MAIL FROM:<sender@example.net>"), ["250 2.1.0"]);
+    assert_eq!(d.say("RCPT TO:<alice@example.com>"), ["250 2.1.5"]);
+    assert_eq!(d.say("DATA"), ["354"]);
+    let line = [b'x'; 998];
+    let mut chunk = Vec::new();
+    for _ in 0..16 {
+        chunk.extend_from_slice(&line);
+        chunk.extend_from_slice(b"\r\n");
+    }
+    for _ in 0..8 {
+        assert!(d.push(&chunk).is_empty());
+        assert!(
+            d.session.input_capacity() >= chunk.len(),
+            "a message's reads need room"
+        );
+    }
+    assert_eq!(d.push(b".\r\n"), ["250 2.0.0 Ok: queued as Q1\r\n"]);
+    assert_eq!(d.messages[0].content.len(), 8 * chunk.len());
+    assert!(
+        d.session.input_capacity() <= 1024,
+        "idle after the message: {} bytes held",
+        d.session.input_capacity()
+    );
+    // Pipelined commands still work from the small buffer, and a partial
+    // line is kept until its end arrives.
+    assert_eq!(
+        d.push(b"MAIL FROM:<>\r\nRCPT TO:<alice@example.com>\r\nDA"),
+        ["250 2.1.0 Sender ok\r\n", "250 2.1.5 Recipient ok\r\n"]
+    );
+    assert_eq!(
+        d.push(b"TA\r\n"),
+        ["354 End data with <CR><LF>.<CR><LF>\r\n"]
+    );
+}
+
 #[test]
 fn data_helo_session_is_smtp() {
     let mut d = Driver::mx();
