@@ -146,8 +146,8 @@ impl SpoolRef {
         }
     }
 
-    /// The whole body (blocking). For tests and small tools; delivery
-    /// streams.
+    /// The whole body (blocking). Delivery uses it for small messages and
+    /// streams big ones.
     pub fn read_all(&self, data_dir: &Path) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
         self.open(data_dir)?.read_to_end(&mut out)?;

@@ -34,6 +34,12 @@ struct SinkState {
     /// Speak LMTP: LHLO, and one reply per recipient after the data
     /// (452 for a local part starting with "full").
     lmtp: bool,
+    /// Taken at the first message's final dot: the sink says so on the
+    /// first channel and waits for the second before its 250.
+    hold_first: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )>,
 }
 
 struct Sink {
@@ -136,6 +142,11 @@ async fn sink_session(
                     .unwrap()
                     .messages
                     .push((from.clone(), rcpts.clone(), data));
+                let hold = st.lock().unwrap().hold_first.take();
+                if let Some((arrived, go)) = hold {
+                    let _ = arrived.send(());
+                    let _ = go.await;
+                }
                 if lmtp {
                     rcpts
                         .iter()
@@ -1167,5 +1178,162 @@ async fn unused_segments_are_swept_at_start() {
         .nth(2),
         Some("Subject: delivery test K1")
     );
+    server.stop().await;
+}
+
+/// Issue 9: a connection does not wait for each result's group commit
+/// before it sends its next message. The sink takes SQLite's write lock
+/// (a real second connection, `BEGIN IMMEDIATE`) before it accepts the
+/// first message, so that result cannot be recorded; the other messages
+/// still arrive on the same connection, and once the lock goes every
+/// result is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_sends_on_while_earlier_results_wait_for_the_store() {
+    use sqlx::Connection;
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    let sink = Sink::start(true).await;
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    sink.state.lock().unwrap().hold_first = Some((arrived_tx, go_rx));
+    let store = fx.store_dyn();
+    let ids = ["W1", "W2", "W3", "W4"];
+    for id in ids {
+        let to = format!("{}@remote.test", id.to_lowercase());
+        inject(&*store, fx.data_dir(), id, ALICE, &[&to], "wait", now_s()).await;
+    }
+    let server = Running::start(
+        delivery_config(&fx, dns.addr(), sink.addr.port()),
+        store.clone(),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), arrived)
+        .await
+        .expect("the first message reaches the sink")
+        .unwrap();
+    let url = format!("sqlite://{}", fx.data_dir().join("portcullis.db").display());
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    go.send(()).unwrap();
+    // Well inside the store's 5 s busy timeout.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sink.messages().len() < ids.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent_while_locked = sink.messages().len();
+    let first = store.queue_entry("W1").await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+    assert_eq!(
+        sent_while_locked,
+        ids.len(),
+        "the connection stopped while the first result waited for the store"
+    );
+    assert!(
+        first.is_err() || first.unwrap().unwrap().done_at.is_none(),
+        "the first result was recorded while the store was locked"
+    );
+    for id in ids {
+        let e = wait_for(&*store, id, "delivered", |e| e.done_at.is_some()).await;
+        assert_eq!(e.recipients[0].status, DeliveryStatus::Delivered);
+    }
+    assert_eq!(sink.state.lock().unwrap().connections, 1);
+    server.stop().await;
+}
+
+/// Delivery reads a small message whole and streams a big one (issue 9):
+/// both are dot-stuffed exactly, and both are checked for 8-bit bytes, in
+/// a big one also far past the first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_and_big_messages_are_dot_stuffed_and_checked_for_8bit() {
+    let fx = Fixture::new().await;
+    let dns = TestDns::start(remote_zone()).await.unwrap();
+    // No 8BITMIME at the peer.
+    let sink = Sink::start(false).await;
+    let store = fx.store_dyn();
+    let dotted = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                if i % 7 == 0 {
+                    format!(".line {i} starts with a dot\r\n")
+                } else {
+                    format!("line {i} of filler text for the body\r\n")
+                }
+            })
+            .collect()
+    };
+    let small = dotted(20);
+    let big = dotted(8000);
+    assert!(big.len() > 256 * 1024, "{}", big.len());
+    let big_8bit = format!("{big}caf\u{e9} at the very end");
+    inject(
+        &*store,
+        fx.data_dir(),
+        "D1",
+        ALICE,
+        &["s@remote.test"],
+        &small,
+        now_s(),
+    )
+    .await;
+    inject(
+        &*store,
+        fx.data_dir(),
+        "D2",
+        ALICE,
+        &["b@remote.test"],
+        &big,
+        now_s(),
+    )
+    .await;
+    inject(
+        &*store,
+        fx.data_dir(),
+        "D3",
+        ALICE,
+        &["e@remote.test"],
+        &big_8bit,
+        now_s(),
+    )
+    .await;
+    let server = Running::start(
+        delivery_config(&fx, dns.addr(), sink.addr.port()),
+        store.clone(),
+    )
+    .await;
+    for id in ["D1", "D2"] {
+        let e = wait_for(&*store, id, "delivered", |e| e.done_at.is_some()).await;
+        assert_eq!(e.recipients[0].status, DeliveryStatus::Delivered, "{e:?}");
+    }
+    let d3 = wait_for(&*store, "D3", "bounced", settled).await;
+    assert_eq!(d3.recipients[0].status, DeliveryStatus::Bounced);
+    assert!(
+        d3.recipients[0]
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .contains("8BITMIME"),
+        "{d3:?}"
+    );
+    let msgs = sink.messages();
+    for (id, to, body) in [
+        ("D1", "s@remote.test", &small),
+        ("D2", "b@remote.test", &big),
+    ] {
+        let (_, _, data) = msgs
+            .iter()
+            .find(|(_, r, _)| r == &vec![to.to_owned()])
+            .unwrap_or_else(|| panic!("{id} not relayed"));
+        // As `inject` spooled it (its file is gone once delivered).
+        let spooled = format!(
+            "From: <{ALICE}>\r\nTo: <{to}>\r\nSubject: delivery test {id}\r\nMessage-ID: <{id}@test>\r\n\r\n{body}\r\n"
+        );
+        let stuffed = spooled.replace("\r\n.", "\r\n..");
+        assert_eq!(data.len(), stuffed.len(), "{id}");
+        assert!(*data == stuffed, "{id}: the relayed bytes differ");
+    }
     server.stop().await;
 }

@@ -583,7 +583,7 @@ impl Client {
             self.reset().await;
             return Ok(results);
         }
-        self.stream_body(body).await?;
+        self.stream_body(body, env.size).await?;
         if self.opts.lmtp {
             // RFC 2033: one reply per accepted recipient.
             for i in &accepted {
@@ -625,12 +625,22 @@ impl Client {
     }
 
     /// Streams the spooled message with dot-stuffing and the final dot.
+    /// `size_hint` (the spooled size) only sizes the buffers. Each chunk is
+    /// written once the next read shows more follows, so the last chunk and
+    /// the final dot leave in one write (one TLS record and one syscall for a
+    /// small message, not two).
     async fn stream_body(
         &mut self,
         mut file: impl tokio::io::AsyncRead + Unpin,
+        size_hint: u64,
     ) -> Result<(), Failure> {
-        let mut inbuf = vec![0u8; 64 * 1024];
-        let mut out = Vec::with_capacity(66 * 1024);
+        const CHUNK: usize = 64 * 1024;
+        let cap = usize::try_from(size_hint)
+            .unwrap_or(CHUNK)
+            .saturating_add(1)
+            .clamp(1024, CHUNK);
+        let mut inbuf = vec![0u8; cap];
+        let mut out: Vec<u8> = Vec::with_capacity(cap + cap / 32 + 8);
         let mut at_line_start = true;
         let mut last_two = [b'\r', b'\n'];
         loop {
@@ -640,7 +650,19 @@ impl Client {
             if n == 0 {
                 break;
             }
-            out.clear();
+            if !out.is_empty() {
+                let t = self.opts.data_block_timeout;
+                tokio::time::timeout(t, self.io.write_all(&out))
+                    .await
+                    .map_err(|_| {
+                        Failure::temporary(
+                            "4.4.2",
+                            format!("timeout sending data to {}", self.host),
+                        )
+                    })?
+                    .map_err(|e| io_failure("lost connection sending data to", &self.host, &e))?;
+                out.clear();
+            }
             for &b in &inbuf[..n] {
                 if at_line_start && b == b'.' {
                     out.push(b'.');
@@ -649,20 +671,13 @@ impl Client {
                 at_line_start = b == b'\n';
                 last_two = [last_two[1], b];
             }
-            let t = self.opts.data_block_timeout;
-            tokio::time::timeout(t, self.io.write_all(&out))
-                .await
-                .map_err(|_| {
-                    Failure::temporary("4.4.2", format!("timeout sending data to {}", self.host))
-                })?
-                .map_err(|e| io_failure("lost connection sending data to", &self.host, &e))?;
         }
-        let end: &[u8] = if last_two == [b'\r', b'\n'] {
+        out.extend_from_slice(if last_two == [b'\r', b'\n'] {
             b".\r\n"
         } else {
             b"\r\n.\r\n"
-        };
-        self.write_all(end).await
+        });
+        self.write_all(&out).await
     }
 
     /// Ends the session politely.

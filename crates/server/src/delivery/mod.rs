@@ -33,6 +33,13 @@ const CLAIM_BATCH: u32 = 1000;
 /// Longest sleep between queue scans when nothing is due (picks up
 /// `portcullis queue retry|bounce` made by another process).
 const IDLE_SCAN: Duration = Duration::from_secs(5);
+/// Delivered messages of one connection whose results may still be on their
+/// way to the store while it sends the next (issue 9): the connection does
+/// not wait for each group commit, only for this many to be outstanding.
+const MAX_UNRECORDED: usize = 32;
+/// Messages up to this size (as spooled) are read whole for delivery in one
+/// blocking trip instead of being streamed through several (issue 9).
+const IN_MEMORY_BODY: u64 = 128 * 1024;
 /// How long a stop waits for deliveries under way before abandoning them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// Alias rewrites of one recipient before we call it a loop.
@@ -319,7 +326,7 @@ impl QueueManager {
     }
 
     /// Delivers jobs that share a route, reusing connections.
-    async fn deliver_group(&self, route: Route, jobs: Vec<DeliveryJob>) {
+    async fn deliver_group(self: &Arc<Self>, route: Route, jobs: Vec<DeliveryJob>) {
         let mut pending: Vec<DeliveryJob> = Vec::new();
         let mut results: Vec<(DeliveryJob, Vec<Attempt>)> = Vec::new();
         // Administrative bounces never touch the network.
@@ -445,7 +452,7 @@ impl QueueManager {
     /// Sends `jobs` to the first target that takes a connection, moving on
     /// to the next target when a connection fails.
     async fn deliver_remote(
-        &self,
+        self: &Arc<Self>,
         jobs: Vec<DeliveryJob>,
         targets: Vec<(MxHost, SocketAddr)>,
         mode: TlsMode,
@@ -457,6 +464,10 @@ impl QueueManager {
         let mut conn: Option<Client> = None;
         let mut last_failure: Option<Failure> = None;
         let mut sent_on_conn = 0usize;
+        // Results being recorded while the connection goes on with the next
+        // message; all are waited for before this returns.
+        let mut unrecorded: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+            std::collections::VecDeque::new();
         while let Some(job) = queue.pop_front() {
             if conn.as_ref().is_some_and(|c| !c.reusable())
                 || sent_on_conn >= self.delivery().max_messages_per_connection
@@ -507,13 +518,23 @@ impl QueueManager {
                     self.finish(&j, vec![Attempt::Failed(f.clone()); n], None)
                         .await;
                 }
-                return;
+                break;
             };
             let host = client.host.clone();
             let attempts = self.send_job(client, &job).await;
             sent_on_conn += 1;
             match attempts {
-                Ok(a) => self.finish(&job, a, Some(&host)).await,
+                Ok(a) => {
+                    // At-least-once either way: a result lost to a crash
+                    // before its commit means the message is sent again.
+                    if unrecorded.len() >= MAX_UNRECORDED {
+                        wait_recorded(unrecorded.pop_front()).await;
+                    }
+                    let me = Arc::clone(self);
+                    unrecorded.push_back(tokio::spawn(async move {
+                        me.finish(&job, a, Some(&host)).await;
+                    }));
+                }
                 Err(f) if f.temporary && !f.remote => {
                     // The connection broke: try the job again on the next host.
                     last_failure = Some(f);
@@ -531,6 +552,9 @@ impl QueueManager {
         if let Some(c) = conn {
             c.quit().await;
         }
+        while let Some(handle) = unrecorded.pop_front() {
+            wait_recorded(Some(handle)).await;
+        }
     }
 
     async fn send_job(
@@ -542,9 +566,24 @@ impl QueueManager {
             Failure::temporary("4.3.0", format!("cannot read queued message: {e}"))
         };
         let body = SpoolRef::parse(&job.spool_path).map_err(|e| unreadable(&e))?;
-        let eight_bit = has_8bit(&body, &self.config.data_dir)
-            .await
-            .map_err(|e| unreadable(&e))?;
+        // A small message is read whole in one blocking trip (open, seek,
+        // read) and sent from memory; a big one is streamed, after a pass
+        // that looks for 8-bit bytes.
+        let in_memory = if job.size <= IN_MEMORY_BODY {
+            let (body, dir) = (body.clone(), self.config.data_dir.clone());
+            let read = tokio::task::spawn_blocking(move || body.read_all(&dir))
+                .await
+                .map_err(|e| unreadable(&e))?;
+            Some(read.map_err(|e| unreadable(&e))?)
+        } else {
+            None
+        };
+        let eight_bit = match &in_memory {
+            Some(bytes) => !bytes.is_ascii(),
+            None => has_8bit(&body, &self.config.data_dir)
+                .await
+                .map_err(|e| unreadable(&e))?,
+        };
         let recipients: Vec<String> = job.recipients.iter().map(|r| r.address.clone()).collect();
         let smtputf8 = !job.sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         let env = Envelope {
@@ -554,11 +593,16 @@ impl QueueManager {
             eight_bit,
             smtputf8,
         };
-        let reader = body
-            .open_async(&self.config.data_dir)
-            .await
-            .map_err(|e| unreadable(&e))?;
-        let results = client.send(&env, reader).await?;
+        let results = match &in_memory {
+            Some(bytes) => client.send(&env, bytes.as_slice()).await?,
+            None => {
+                let reader = body
+                    .open_async(&self.config.data_dir)
+                    .await
+                    .map_err(|e| unreadable(&e))?;
+                client.send(&env, reader).await?
+            }
+        };
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -568,7 +612,7 @@ impl QueueManager {
             .collect())
     }
 
-    async fn deliver_local(&self, jobs: Vec<DeliveryJob>) {
+    async fn deliver_local(self: &Arc<Self>, jobs: Vec<DeliveryJob>) {
         match self.delivery().local.clone() {
             LocalTransport::Maildir => {}
             LocalTransport::Lmtp(addr) | LocalTransport::Smtp(addr) => {
@@ -928,6 +972,17 @@ enum Attempt {
     Delivered(String),
     Failed(Failure),
     Expanded(String),
+}
+
+/// Waits for a spawned [`QueueManager::finish`]; a panic in it is logged
+/// (its recipients stay in flight and are retried at the next start).
+async fn wait_recorded(handle: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(handle) = handle
+        && let Err(e) = handle.await
+        && e.is_panic()
+    {
+        tracing::error!("recording a delivery result failed unexpectedly; it will be retried");
+    }
 }
 
 /// Whether the message holds any byte above 0x7F (needs 8BITMIME).
