@@ -527,8 +527,10 @@ impl QueueManager {
                 Ok(a) => {
                     // At-least-once either way: a result lost to a crash
                     // before its commit means the message is sent again.
-                    if unrecorded.len() >= MAX_UNRECORDED {
-                        wait_recorded(unrecorded.pop_front()).await;
+                    if unrecorded.len() >= MAX_UNRECORDED
+                        && let Some(oldest) = unrecorded.pop_front()
+                    {
+                        wait_recorded(oldest).await;
                     }
                     let me = Arc::clone(self);
                     unrecorded.push_back(tokio::spawn(async move {
@@ -553,7 +555,7 @@ impl QueueManager {
             c.quit().await;
         }
         while let Some(handle) = unrecorded.pop_front() {
-            wait_recorded(Some(handle)).await;
+            wait_recorded(handle).await;
         }
     }
 
@@ -976,9 +978,8 @@ enum Attempt {
 
 /// Waits for a spawned [`QueueManager::finish`]; a panic in it is logged
 /// (its recipients stay in flight and are retried at the next start).
-async fn wait_recorded(handle: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(handle) = handle
-        && let Err(e) = handle.await
+async fn wait_recorded(handle: tokio::task::JoinHandle<()>) {
+    if let Err(e) = handle.await
         && e.is_panic()
     {
         tracing::error!("recording a delivery result failed unexpectedly; it will be retried");
